@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine (see README.md):
+#   make demo   — set up, build the guest, boot it and show its console
+#   make test   — set up, build the guest, run the whole test suite
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: demo test test-unit test-kvm test-linux setup sysdeps guest bench clean
+
+demo: setup guest
+	$(PY) -m nodesvc.vmm.cli --kernel guest/out/vmlinux --initrd guest/out/initramfs.cpio \
+	    --vcpus 2 --mem-mib 256
+
+test: setup guest
+	scripts/run-tests $(PY)
+
+test-unit: setup
+	scripts/run-tests $(PY) -m "not kvm and not linux"
+
+test-kvm: setup
+	scripts/run-tests $(PY) -m "kvm and not linux"
+
+test-linux: setup guest
+	scripts/run-tests $(PY) -m linux
+
+setup: sysdeps $(VENV)/.installed
+
+# Debian packages the suite needs (gcc for tiny guests and the ABI check).
+sysdeps:
+	@scripts/install-sysdeps
+
+$(VENV)/.installed: pyproject.toml $(PLUGINS)
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
+	touch $@
+
+guest:
+	bash guest/build.sh
+
+bench: setup guest
+	$(PY) bench/boot.py
+
+clean:
+	rm -rf $(VENV) tests/guests/out

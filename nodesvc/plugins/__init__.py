@@ -1,0 +1,10 @@
+"""The plugin contract: hookspecs, registries and the manager that loads entry points."""
+
+from .hookspecs import hookimpl, hookspec, PROJECT
+from .registry import DeviceRegistry, RateLimiterRegistry, RegistryError
+from .manager import PluginManager, PluginInfo, ENTRY_POINT_GROUP, BLOCK_ENV
+
+__all__ = [
+    "hookimpl", "hookspec", "PROJECT", "DeviceRegistry", "RateLimiterRegistry",
+    "RegistryError", "PluginManager", "PluginInfo", "ENTRY_POINT_GROUP", "BLOCK_ENV",
+]

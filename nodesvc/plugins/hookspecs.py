@@ -1,0 +1,39 @@
+"""Hook specifications. Few, typed, called while a VM is built — never per exit.
+
+A plugin is a module (registered under the `nodesvc.plugins` entry-point group)
+that implements any of these with `@hookimpl`:
+
+    from nodesvc.plugins import hookimpl
+
+    @hookimpl
+    def register_devices(registry):
+        registry.add("serial", Uart16550.attach)
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from .registry import DeviceRegistry, RateLimiterRegistry
+
+PROJECT = "nodesvc"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_devices(registry: DeviceRegistry) -> None:
+    """Register device kinds: `registry.add(kind, factory)`.
+
+    `factory(ctx: DeviceContext, config: Mapping) -> device` is called once per
+    VM build for every device of that kind (see nodesvc.vmm.device).
+    """
+
+
+@hookspec
+def register_rate_limiters(registry: RateLimiterRegistry) -> None:
+    """Register rate-limiter kinds: `registry.add(kind, factory)`.
+
+    `factory(config: Mapping, event_loop) -> limiter` builds one limiter that a
+    device consults passively (`consume()`), woken by the limiter's timer.
+    """

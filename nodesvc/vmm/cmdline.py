@@ -1,0 +1,32 @@
+"""The guest kernel command line: defaults, device additions and host workarounds."""
+
+from __future__ import annotations
+
+import os
+
+#: Used when the config gives no boot_args (Firecracker's default, plus the serial console).
+DEFAULT_BOOT_ARGS = ("console=ttyS0 reboot=k panic=1 pci=off nomodule "
+                     "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd swiotlb=noforce")
+
+#: Nested-PVM hosts emulate guest kernel code and cannot emulate these features
+#: (see docs/kvm-hosts.md); the guest must not use them.
+PVM_WORKAROUNDS = (
+    "noxsave nopti clearcpuid=smap,smep,umip,pku,popcnt,rdrand,rdseed,fsgsbase,rdpid,"
+    "invpcid,pcid,movbe,bmi1,bmi2,erms,fsrm,clwb,clflushopt,avx,avx2,avx512f,sha_ni,aes,"
+    "pclmulqdq,vaes,vpclmulqdq,gfni,adx,xsaves,xsavec,xsaveopt")
+
+PVM_MARKER = "/sys/module/kvm_pvm"
+
+
+def host_is_nested_pvm() -> bool:
+    return os.path.exists(PVM_MARKER)
+
+
+def compose(boot_args: str | None, device_args: list[str], *, pvm: bool | None = None) -> str:
+    parts = [boot_args if boot_args is not None else DEFAULT_BOOT_ARGS]
+    parts += device_args
+    if pvm is None:
+        pvm = host_is_nested_pvm()
+    if pvm and "clearcpuid=" not in parts[0]:
+        parts.append(PVM_WORKAROUNDS)
+    return " ".join(p for p in parts if p)
