@@ -1,0 +1,349 @@
+"""VM configuration: Firecracker's `--config-file` JSON format, parsed strictly.
+
+Key names, types and defaults follow Firecracker's `VmmConfig` (src/vmm/src/resources.rs
+and vmm_config/*.rs). Everything is checked here, before any KVM state exists; every
+failure is a `ConfigError` with one line that starts with the offending key path.
+Deliberate differences: unknown top-level keys are refused (Firecracker ignores them),
+`drives` may be omitted (we can boot from an initrd), and sections this version does
+not implement yet are refused instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ConfigError, VmmError
+
+MAX_VCPUS = 32              # Firecracker's MAX_SUPPORTED_VCPUS
+# Floor: the kernel image, its page tables, the zero page/cmdline and an early heap must fit;
+# a minimal Linux needs ~16 MiB just to decompress and reach init.
+MIN_MEM_MIB = 16
+MAX_MEM_MIB = 64 * 1024     # hard cap for a "micro" VM, whatever the host has
+CMDLINE_MAX_BYTES = 2047    # Firecracker's CMDLINE_MAX_SIZE is 2048 including the NUL
+HUGE_PAGES = ("None", "2M")
+# Firecracker's x86_64 static templates. "None" means no template; the others would mask
+# CPUID, which we don't implement yet, so they are refused rather than silently ignored.
+CPU_TEMPLATES = ("None", "C3", "T2", "T2S", "T2CL", "T2A")
+SUPPORTED_CPU_TEMPLATES = ("None",)
+
+
+@dataclass
+class MachineConfig:
+    vcpu_count: int = 1
+    mem_size_mib: int = 128
+    smt: bool = False
+    track_dirty_pages: bool = False
+    huge_pages: str = "None"
+    cpu_template: str | None = None
+
+
+@dataclass
+class BootSource:
+    kernel_image_path: str
+    boot_args: str | None = None    # None: the VM uses cmdline.DEFAULT_BOOT_ARGS
+    initrd_path: str | None = None
+
+
+@dataclass
+class DeviceSpec:
+    kind: str       # e.g. "virtio-block"; resolved through the plugin DeviceRegistry
+    config: dict
+
+
+@dataclass
+class VmConfig:
+    boot_source: BootSource
+    machine_config: MachineConfig = field(default_factory=MachineConfig)
+    extras: dict = field(default_factory=dict)      # other recognised sections, raw
+    devices: list[DeviceSpec] = field(default_factory=list)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def _fail(path: str, msg: str) -> ConfigError:
+    err = ConfigError(f"{path}: {msg}")
+    err.path = path  # lets config_from_flags name the flag instead of the JSON key
+    return err
+
+
+def _show(v: Any) -> str:
+    """A value as the JSON type plus its text, so `true` isn't mistaken for 1."""
+    if v is None:
+        return "null"
+    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if type(v) not in names:
+        return {list: "array", dict: "object"}.get(type(v), type(v).__name__)
+    text = json.dumps(v)
+    return f"{names[type(v)]} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)   # bool is an int in Python
+
+
+def _want(path: str, v: Any, kind: str, *, nullable: bool = False) -> None:
+    if v is None and nullable:
+        return
+    ok = {"integer": _is_int, "boolean": lambda x: isinstance(x, bool),
+          "string": lambda x: isinstance(x, str)}[kind](v)
+    if not ok:
+        raise _fail(path, f"must be {'an' if kind == 'integer' else 'a'} {kind}"
+                          f"{' or null' if nullable else ''}, got {_show(v)}")
+
+
+def _check_keys(path: str, obj: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()):
+    if not isinstance(obj, dict):
+        raise _fail(path, f"must be an object, got {_show(obj)}")
+    for key in obj:
+        if key not in allowed:
+            hint = " (renamed to 'smt')" if key == "ht_enabled" else ""
+            raise _fail(f"{path}.{key}" if path else key,
+                        f"unknown key{hint}; allowed: {', '.join(allowed)}")
+    for key in required:
+        if key not in obj:
+            raise _fail(f"{path}.{key}", "required key is missing")
+
+
+# --- section handlers: one table, one line per section ---------------------------------
+
+_BOOT_KEYS = ("kernel_image_path", "initrd_path", "boot_args")
+_MACHINE_KEYS = ("vcpu_count", "mem_size_mib", "smt", "cpu_template",
+                 "track_dirty_pages", "huge_pages")
+
+
+def _boot_source(key: str, v: Any, out: dict) -> None:
+    _check_keys(key, v, _BOOT_KEYS, required=("kernel_image_path",))
+    out["boot_source"] = BootSource(**v)
+
+
+def _machine_config(key: str, v: Any, out: dict) -> None:
+    if v is None:       # Option<MachineConfig>: null means defaults
+        return
+    # Firecracker requires both sizes once the section is present.
+    _check_keys(key, v, _MACHINE_KEYS, required=("vcpu_count", "mem_size_mib"))
+    v = dict(v)
+    if v.get("cpu_template") == "None":
+        v["cpu_template"] = None
+    out["machine_config"] = MachineConfig(**v)
+
+
+def _unsupported(key: str, v: Any, out: dict) -> None:
+    if v is not None:
+        raise _fail(key, "section is not supported by this version yet")
+
+
+def _unsupported_list(key: str, v: Any, out: dict) -> None:
+    if not isinstance(v, list):
+        raise _fail(key, f"must be an array, got {_show(v)}")
+    if v:   # [] is common in Firecracker configs and harmless
+        raise _fail(key, "section is not supported by this version yet (only [] is accepted)")
+
+
+def _devices(kind: str) -> Callable[[str, Any, dict], None]:
+    """Handler for a list-of-devices section once a device kind implements it."""
+    def handler(key: str, v: Any, out: dict) -> None:
+        if not isinstance(v, list):
+            raise _fail(key, f"must be an array, got {_show(v)}")
+        for i, item in enumerate(v):
+            if not isinstance(item, dict):
+                raise _fail(f"{key}[{i}]", f"must be an object, got {_show(item)}")
+            out["devices"].append(DeviceSpec(kind, dict(item)))
+    return handler
+
+
+def _extra(key: str, v: Any, out: dict) -> None:
+    """Recognised section kept raw in VmConfig.extras for its own module to check."""
+    if v is not None:
+        out["extras"][key] = v
+
+
+SECTIONS: dict[str, Callable[[str, Any, dict], None]] = {
+    "boot-source": _boot_source,
+    "machine-config": _machine_config,
+    "drives": _unsupported_list,                # later: _devices("virtio-block")
+    "network-interfaces": _unsupported_list,    # later: _devices("virtio-net")
+    "pmem": _unsupported_list,
+    "vsock": _unsupported,
+    "entropy": _unsupported,
+    "balloon": _unsupported,
+    "logger": _unsupported,                     # later: _extra
+    "metrics": _unsupported,
+    "mmds-config": _unsupported,
+    "cpu-config": _unsupported,
+    "memory-hotplug": _unsupported,
+}
+
+
+# --- public API ------------------------------------------------------------------------
+
+def parse_config(obj: Any, *, host_mem_bytes: int | None = None) -> VmConfig:
+    """Build and validate a VmConfig from a decoded Firecracker config-file object."""
+    if not isinstance(obj, dict):
+        raise _fail("config", f"top level must be a JSON object, got {_show(obj)}")
+    _check_keys("", obj, tuple(SECTIONS))
+    if "boot-source" not in obj:
+        raise _fail("boot-source", "required section is missing")
+    out: dict = {"machine_config": MachineConfig(), "extras": {}, "devices": []}
+    for key, value in obj.items():
+        SECTIONS[key](key, value, out)
+    cfg = VmConfig(out["boot_source"], out["machine_config"], out["extras"], out["devices"])
+    validate(cfg, host_mem_bytes=host_mem_bytes)
+    return cfg
+
+
+def load_config_file(path: str, *, host_mem_bytes: int | None = None) -> VmConfig:
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail("--config-file", f"cannot read {path!r}: {getattr(e, 'strerror', e) or e}")
+    try:    # like serde_json: no duplicate keys, no NaN/Infinity
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_nan)
+    except json.JSONDecodeError as e:
+        raise _fail(path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError as e:
+        raise _fail(path, f"invalid JSON: {e}") from None
+    return parse_config(obj, host_mem_bytes=host_mem_bytes)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"duplicate key {dup!r}")
+    return dict(pairs)
+
+
+def _no_nan(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_FLAG_FOR = {"boot-source.kernel_image_path": "--kernel", "boot-source.initrd_path": "--initrd",
+             "boot-source.boot_args": "--boot-args", "machine-config.vcpu_count": "--vcpus",
+             "machine-config.mem_size_mib": "--mem-mib"}
+
+
+def config_from_flags(kernel: str, initrd: str | None = None, boot_args: str | None = None,
+                      vcpus: int | None = None, mem_mib: int | None = None, *,
+                      host_mem_bytes: int | None = None) -> VmConfig:
+    """The quick-flag equivalent of a config file; goes through the same parser."""
+    boot: dict = {"kernel_image_path": kernel}
+    if initrd is not None:
+        boot["initrd_path"] = initrd
+    if boot_args is not None:
+        boot["boot_args"] = boot_args
+    machine = {"vcpu_count": 1 if vcpus is None else vcpus,
+               "mem_size_mib": MachineConfig.mem_size_mib if mem_mib is None else mem_mib}
+    try:
+        return parse_config({"boot-source": boot, "machine-config": machine},
+                            host_mem_bytes=host_mem_bytes)
+    except ConfigError as e:
+        path = getattr(e, "path", "")
+        if path in _FLAG_FOR:
+            raise _fail(_FLAG_FOR[path], str(e)[len(path) + 2:]) from None
+        raise
+
+
+def validate(cfg: VmConfig, *, host_mem_bytes: int | None = None) -> None:
+    """Check values and host files; raises ConfigError naming the first bad key."""
+    m, b = cfg.machine_config, cfg.boot_source
+    p = "machine-config."
+    _want(p + "vcpu_count", m.vcpu_count, "integer")
+    _want(p + "mem_size_mib", m.mem_size_mib, "integer")
+    _want(p + "smt", m.smt, "boolean")
+    _want(p + "track_dirty_pages", m.track_dirty_pages, "boolean")
+    _want(p + "huge_pages", m.huge_pages, "string")
+    _want(p + "cpu_template", m.cpu_template, "string", nullable=True)
+    if not 1 <= m.vcpu_count <= MAX_VCPUS:
+        raise _fail(p + "vcpu_count", f"must be between 1 and {MAX_VCPUS}, got {m.vcpu_count}")
+    if m.smt and m.vcpu_count > 1 and m.vcpu_count % 2:
+        raise _fail(p + "smt", f"true requires vcpu_count to be 1 or even, got {m.vcpu_count}")
+    if m.huge_pages not in HUGE_PAGES:
+        raise _fail(p + "huge_pages", f"must be one of {', '.join(map(repr, HUGE_PAGES))}, "
+                                      f"got {m.huge_pages!r}")
+    if m.cpu_template is not None and m.cpu_template not in CPU_TEMPLATES:
+        raise _fail(p + "cpu_template", f"must be one of {', '.join(CPU_TEMPLATES)}, "
+                                        f"got {m.cpu_template!r}")
+    if m.cpu_template not in (None, *SUPPORTED_CPU_TEMPLATES):
+        raise _fail(p + "cpu_template",
+                    f"{m.cpu_template!r} is not supported by this version yet (use \"None\")")
+    _check_mem(p + "mem_size_mib", m, host_mem_bytes)
+
+    p = "boot-source."
+    _want(p + "kernel_image_path", b.kernel_image_path, "string")
+    _want(p + "initrd_path", b.initrd_path, "string", nullable=True)
+    _want(p + "boot_args", b.boot_args, "string", nullable=True)
+    if b.boot_args is not None:
+        _check_cmdline(p + "boot_args", b.boot_args)
+    head = _read_head(p + "kernel_image_path", b.kernel_image_path)
+    if kernel_format(b.kernel_image_path, head) is None:
+        raise _fail(p + "kernel_image_path", f"{b.kernel_image_path!r} is not an ELF vmlinux "
+                                             "or a bzImage (no \\x7fELF or HdrS magic)")
+    if b.initrd_path is not None:
+        _read_head(p + "initrd_path", b.initrd_path)
+
+
+def _check_mem(path: str, m: MachineConfig, host_mem_bytes: int | None) -> None:
+    mib = m.mem_size_mib
+    if mib < MIN_MEM_MIB:
+        raise _fail(path, f"must be at least {MIN_MEM_MIB} MiB (room for the kernel, its page "
+                          f"tables and early allocations), got {mib}")
+    if mib > MAX_MEM_MIB:
+        raise _fail(path, f"must be at most {MAX_MEM_MIB} MiB, got {mib}")
+    host = host_mem_bytes if host_mem_bytes is not None else host_mem_total()
+    if host is not None and mib * (1 << 20) > host:
+        raise _fail(path, f"{mib} MiB exceeds host memory ({host >> 20} MiB MemTotal)")
+    if m.huge_pages == "2M" and mib % 2:
+        raise _fail(path, f"must be a multiple of 2 with huge_pages \"2M\", got {mib}")
+
+
+def _check_cmdline(path: str, args: str) -> None:
+    size = len(args.encode("utf-8"))
+    if size > CMDLINE_MAX_BYTES:
+        raise _fail(path, f"is {size} bytes, at most {CMDLINE_MAX_BYTES} fit the kernel "
+                          "command line buffer")
+    bad = next((c for c in args if not " " <= c <= "~"), None)
+    if bad is not None:   # linux-loader's Cmdline accepts printable ASCII only
+        raise _fail(path, f"must be printable ASCII, found {bad!r}")
+
+
+def _read_head(path: str, file: str) -> bytes:
+    try:
+        with open(file, "rb") as f:
+            return f.read(0x210)
+    except OSError as e:
+        raise _fail(path, f"cannot read {file!r}: {e.strerror or e}") from None
+
+
+def host_mem_total() -> int | None:
+    """Host MemTotal in bytes from /proc/meminfo, or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def kernel_format(path: str, head: bytes | None = None) -> str | None:
+    """"elf" or "bzimage", None if neither. Uses the kernel loader's own check if present."""
+    try:
+        from .boot.kernel import detect_kernel_format
+    except ImportError:
+        return sniff_kernel(head if head is not None else _read_head("kernel", path))
+    try:
+        return detect_kernel_format(path)
+    except (OSError, VmmError):     # KernelLoadError: "not a kernel I can load"
+        return None
+
+
+def sniff_kernel(head: bytes) -> str | None:
+    if head[:4] == b"\x7fELF":
+        return "elf"
+    if head[0x202:0x206] == b"HdrS":     # x86 boot protocol header signature
+        return "bzimage"
+    return None
