@@ -45,6 +45,9 @@ class DeviceContext:
     console_out: OutputSink
     request_exit: Callable[[VmExit], None]
     cmdline: list[str] = field(default_factory=list)
+    #: `rate_limiter(config) -> limiter | None`: builds a limiter of the kind named by
+    #: `config["kind"]` (default "token-bucket") from the loaded limiter plugins.
+    rate_limiter: Callable[[Mapping[str, Any] | None], Any] = lambda config: None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("nodesvc.vmm.device"))
 
 

@@ -44,13 +44,34 @@ class VcpuThread:
         self.on_exit = on_exit
         self.stats = VcpuStats()
         self._stop = False
+        self._paused = self._parked = False
+        self._park = threading.Condition()
         self._thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def kick(self) -> None:
-        self._stop = True
+        """Stop for good: the loop ends at its next check."""
+        with self._park:
+            self._stop = True
+            self._park.notify_all()
+        self._interrupt()
+
+    def pause(self) -> None:
+        """Park the thread outside KVM_RUN until `resume()`; returns once it is parked."""
+        with self._park:
+            self._paused = True
+        self._interrupt()
+        with self._park:
+            self._park.wait_for(lambda: self._parked or self._stop or not self._thread.is_alive(), 2.0)
+
+    def resume(self) -> None:
+        with self._park:
+            self._paused = False
+            self._park.notify_all()
+
+    def _interrupt(self) -> None:
         self.vcpu.run_struct.immediate_exit = 1
         ident = self._thread.ident
         if ident is not None and self._thread.is_alive():
@@ -58,6 +79,14 @@ class VcpuThread:
                 signal.pthread_kill(ident, KICK_SIGNAL)
             except (ProcessLookupError, OSError):
                 pass
+
+    def _wait_while_paused(self) -> None:
+        with self._park:
+            self._parked = True
+            self._park.notify_all()
+            self._park.wait_for(lambda: not self._paused or self._stop)
+            self._parked = False
+        self.vcpu.run_struct.immediate_exit = 0
 
     def join(self, timeout: float | None = None) -> bool:
         if self._thread.ident is not None:
@@ -110,6 +139,8 @@ class VcpuThread:
                     ffi.buffer(mmio.data, n)[:] = mmio_read(mmio.phys_addr, n).to_bytes(n, "little")
             elif reason == C.KVM_EXIT_INTR:
                 exits["intr"] += 1
+                if self._paused and not self._stop:
+                    self._wait_while_paused()
             else:
                 exits[C.EXIT_NAMES.get(reason, str(reason))] += 1
                 return self._terminal_exit(reason)

@@ -52,6 +52,7 @@ class MicroVm:
         self._irqs: dict[int, IrqFdLine] = {}
         self._vcpus: list[VcpuThread] = []
         self._built = False
+        self.paused = False
         self.kvm = self.vm = self.memory = self.loop = None
         self.pio_bus, self.mmio_bus = Bus("pio"), Bus("mmio")
 
@@ -164,7 +165,8 @@ class MicroVm:
     def console_device(self):
         return next((d for d in self.devices.values() if hasattr(d, "console_input")), None)
 
-    def run(self, timeout: float | None = None) -> VmExit:
+    def start(self) -> None:
+        """Build (if needed) and start the event loop and vCPU threads; returns at once."""
         self.build()
         install_kick_handler()
         self.loop.start()
@@ -177,6 +179,25 @@ class MicroVm:
         self.started_at = time.monotonic()
         for v in self._vcpus:
             v.start()
+
+    def wait(self, timeout: float | None = None) -> VmExit | None:
+        """Wait until the VM ends; None on timeout. Does not tear down (see `run`)."""
+        self._done.wait(timeout)
+        return self._exit
+
+    def pause(self) -> None:
+        for v in self._vcpus:
+            v.pause()
+        self.paused = True
+
+    def resume(self) -> None:
+        for v in self._vcpus:
+            v.resume()
+        self.paused = False
+
+    def run(self, timeout: float | None = None) -> VmExit:
+        """Start, wait for the end (or `timeout` seconds), tear down; return why it ended."""
+        self.start()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self._done.wait(0.2):
@@ -184,11 +205,16 @@ class MicroVm:
                     self.stop(f"timeout after {timeout:.1f}s")
         except KeyboardInterrupt:
             self.stop("interrupted")
+        return self.shutdown()
+
+    def shutdown(self) -> VmExit:
+        """Stop every thread and release all resources; idempotent."""
+        if self._exit is None:
+            self.stop()
         self.ended_at = time.monotonic()
         self._halt_vcpus()
-        result = self._exit
         self.close()
-        return result
+        return self._exit
 
     def _halt_vcpus(self) -> None:
         for v in self._vcpus:

@@ -188,6 +188,31 @@ void delay(u64 n)
         cpu_relax();
 }
 
+u64 tsc_hz(void)
+{
+    u32 a, b, c, d, max;
+    cpuid(0, 0, &max, &b, &c, &d);
+    if (max >= 0x15) {
+        cpuid(0x15, 0, &a, &b, &c, &d);
+        if (a && b && c)
+            return (u64)c * b / a;
+    }
+    if (max >= 0x16) {
+        cpuid(0x16, 0, &a, &b, &c, &d);
+        if (a & 0xffff)
+            return (u64)(a & 0xffff) * 1000000;
+    }
+    cpuid(0x40000000, 0, &max, &b, &c, &d);
+    if (max >= 0x40000010 && max < 0x40000100) {
+        cpuid(0x40000010, 0, &a, &b, &c, &d);
+        if (a)
+            return (u64)a * 1000;
+    }
+    return 2000000000ULL;
+}
+
+u64 tsc_deadline_ms(u64 ms) { return rdtsc() + ms * (tsc_hz() / 1000); }
+
 #define PTE_P 0x1ULL
 #define PTE_RW 0x2ULL
 #define PTE_PWT 0x8ULL

@@ -114,8 +114,18 @@ int cmdline_get(const char *cmdline, const char *key, char *buf, usize cap);
 /* cmdline_get + parse_u64, falling back to `dflt` when absent or unparsable. */
 u64 cmdline_get_u64(const char *cmdline, const char *key, u64 dflt);
 
-/* Busy-wait `n` pause iterations (~1 us each when emulated, ns on bare metal). */
+/* Busy-wait `n` pause iterations (~2 us each when emulated, ns on bare metal). */
 void delay(u64 n);
+
+/*
+ * Best-effort TSC frequency: CPUID 0x15 (crystal * ratio), else 0x16 (base MHz),
+ * else KVM's 0x40000010 (kHz), else a 2 GHz guess. Timeouts built on it are
+ * approximate (within ~2x) but, unlike loop counts, do not depend on whether
+ * the guest's instructions are emulated.
+ */
+u64 tsc_hz(void);
+/* rdtsc() value `ms` milliseconds from now. */
+u64 tsc_deadline_ms(u64 ms);
 
 /*
  * Map the 2 MiB page holding physical address `phys` (>= 1 GiB, < 512 GiB) into the

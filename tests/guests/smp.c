@@ -22,13 +22,15 @@
  *   CPU <apic id> TIMEOUT            (an MPTable AP that never checked in)
  *   CPUS <number online, BSP included>
  *   DONE
- * then resets. Command line: wait=<spin iterations> bounds the wait for the APs.
+ * then resets. Command line: wait=<ms> (default 10000, TSC-based, approximate) bounds
+ * the wait for the APs. After its last line the BSP keeps the console lock, so a
+ * straggler AP cannot print after DONE.
  */
 #include "lib.h"
 #include "smp.h"
 
 #define MAX_CPUS (MAX_APS + 1)
-#define DEFAULT_WAIT 20000000ULL /* pause iterations; ~1-2 us each when emulated */
+#define DEFAULT_WAIT_MS 10000
 
 #define MSR_APIC_BASE 0x1b
 #define APIC_BASE_EXTD (1ULL << 10)
@@ -94,7 +96,6 @@ static void announce(u32 id)
 {
     u32 a, b, c, d;
     cpuid(1, 0, &a, &b, &c, &d);
-    spin_lock(&console_lock);
     puts_raw("CPU ");
     put_dec(id);
     puts(" ONLINE");
@@ -105,16 +106,18 @@ static void announce(u32 id)
         put_dec(b >> 24);
         serial_putc('\n');
     }
-    spin_unlock(&console_lock);
 }
 
 void ap_main(u32 slot)
 {
     lapic_cpu_init();
     u32 id = lapic_id();
+    spin_lock(&console_lock);
     announce(id);
+    /* Checked in under the lock: once the BSP holds it, ONLINE lines and the count agree. */
     ap_ids[slot] = id + 1;
     __atomic_fetch_add(&checked_in, 1, __ATOMIC_SEQ_CST);
+    spin_unlock(&console_lock);
     halt_forever();
 }
 
@@ -212,7 +215,9 @@ void guest_main(u8 *zp)
     lapic_cpu_init();
     lapic_write(APIC_SVR, 0x1ff); /* software-enable, spurious vector 0xff (IF stays 0) */
     u32 bsp = lapic_id();
+    spin_lock(&console_lock);
     announce(bsp);
+    spin_unlock(&console_lock);
 
     setup_trampoline();
     u32 naps = 0;
@@ -227,12 +232,12 @@ void guest_main(u8 *zp)
         send_ipi(ids[i], ICR_STARTUP | (TRAMP_BASE >> 12));
     }
 
-    u64 wait = cmdline_get_u64(cl, "wait", DEFAULT_WAIT);
-    while (checked_in < naps && wait--)
+    u64 deadline = tsc_deadline_ms(cmdline_get_u64(cl, "wait", DEFAULT_WAIT_MS));
+    while (checked_in < naps && rdtsc() < deadline)
         cpu_relax();
 
+    spin_lock(&console_lock); /* never released: nothing prints after DONE */
     u32 online = checked_in;
-    spin_lock(&console_lock);
     for (u32 i = 0; i < ncpus; i++) {
         if (ids[i] == bsp)
             continue;

@@ -92,3 +92,29 @@ def test_pio_exits_are_counted(run_tiny):
     stats = r.vm.stats()
     assert stats["exits"]["io"] >= 500
     assert stats["unhandled_pio"] >= 500
+
+
+def test_pause_and_resume_keep_the_guest(tiny_guest):
+    from nodesvc.vmm.config import config_from_flags
+    from nodesvc.vmm.console import CaptureSink
+    from nodesvc.vmm.vm import MicroVm
+
+    rfd, wfd = os.pipe()
+    sink = CaptureSink()
+    vm = MicroVm(config_from_flags(kernel=str(tiny_guest("echo")), vcpus=1, mem_mib=32),
+                 console_out=sink, console_in_fd=rfd)
+    try:
+        vm.start()
+        assert sink.wait_for(b"READY", 10)
+        vm.pause()
+        os.write(wfd, b"p")
+        # paused: the byte waits in the UART, the guest cannot echo it
+        assert not sink.wait_for(b"READY\np", 0.3)
+        vm.resume()
+        assert sink.wait_for(b"READY\np", 5)
+        os.write(wfd, b"q")
+        result = vm.wait(5)
+        assert result is not None and result.reason is ExitReason.GUEST_RESET
+    finally:
+        vm.shutdown()
+        os.close(rfd), os.close(wfd)
