@@ -48,6 +48,9 @@ class DeviceContext:
     #: `rate_limiter(config) -> limiter | None`: builds a limiter of the kind named by
     #: `config["kind"]` (default "token-bucket") from the loaded limiter plugins.
     rate_limiter: Callable[[Mapping[str, Any] | None], Any] = lambda config: None
+    #: `add_virtio_device(device, name) -> VirtioMmioTransport`: gives a virtio device its
+    #: 4 KiB MMIO window and IRQ, and announces it on the kernel command line.
+    add_virtio_device: Callable[..., Any] | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("nodesvc.vmm.device"))
 
 

@@ -25,6 +25,7 @@ from .irq import IrqFdLine
 from .kvm import Kvm
 from .memory import GuestMemory
 from .vcpu import VcpuThread, install_kick_handler
+from .virtio import VirtioMmioTransport, constants as V
 
 log = logging.getLogger("nodesvc.vmm")
 
@@ -32,6 +33,9 @@ TSS_ADDR = 0xFFFB_D000
 IDENTITY_MAP_ADDR = 0xFFFB_C000
 #: Devices every VM gets (like Firecracker's legacy devices), then the config's own.
 DEFAULT_DEVICES = (("serial", {}), ("i8042", {}))
+VIRTIO_MMIO_BASE = 0xD000_0000
+VIRTIO_FIRST_IRQ = 5
+VIRTIO_MAX_DEVICES = 24 - VIRTIO_FIRST_IRQ  # IOAPIC pins 5..23
 
 
 class MicroVm:
@@ -51,6 +55,7 @@ class MicroVm:
         self._exit_lock = threading.Lock()
         self._irqs: dict[int, IrqFdLine] = {}
         self._vcpus: list[VcpuThread] = []
+        self.transports: list[VirtioMmioTransport] = []
         self._built = False
         self.paused = False
         self.kvm = self.vm = self.memory = self.loop = None
@@ -113,7 +118,9 @@ class MicroVm:
         ctx = DeviceContext(vm_id=self.vm_id, memory=self.memory, pio_bus=self.pio_bus,
                             mmio_bus=self.mmio_bus, event_loop=self.loop,
                             irq_line=self._irq_line, console_out=self.console_out,
-                            request_exit=self.request_exit)
+                            request_exit=self.request_exit,
+                            add_virtio_device=self._add_virtio_device)
+        self._ctx = ctx
         for n, (kind, cfg) in enumerate(specs):
             name = kind if kind not in self.devices else f"{kind}{n}"
             self.devices[name] = registry.get(kind)(ctx, cfg)
@@ -136,6 +143,18 @@ class MicroVm:
             self._vcpus.append(VcpuThread(vcpu, self.pio_bus, self.mmio_bus, self.memory,
                                           self.request_exit))
         self._phase("vcpus", t)
+
+    def _add_virtio_device(self, device, name: str = "virtio") -> VirtioMmioTransport:
+        n = len(self.transports)
+        if n >= VIRTIO_MAX_DEVICES:
+            raise ConfigError(f"too many virtio devices (at most {VIRTIO_MAX_DEVICES})")
+        base, irq = VIRTIO_MMIO_BASE + n * V.MMIO_WINDOW, VIRTIO_FIRST_IRQ + n
+        t = VirtioMmioTransport(device, memory=self.memory, irq=self._irq_line(irq),
+                                event_loop=self.loop, vm=self.vm, base=base, name=name)
+        self.mmio_bus.insert(base, V.MMIO_WINDOW, t)
+        self._ctx.cmdline.append(f"virtio_mmio.device=4K@{base:#x}:{irq}")
+        self.transports.append(t)
+        return t
 
     def _irq_line(self, gsi: int) -> IrqFdLine:
         if not 0 <= gsi < 24:
@@ -238,6 +257,9 @@ class MicroVm:
                 "unhandled_pio": self.pio_bus.unhandled_reads + self.pio_bus.unhandled_writes}
 
     def close(self) -> None:
+        for t in self.transports:
+            t.close()
+        self.transports = []
         if self.loop is not None:
             self.loop.close()
             self.loop = None

@@ -202,7 +202,7 @@ void guest_main(u8 *zp)
     if (use_x2apic) {
         puts("APIC x2apic");
     } else {
-        lapic_base = rdmsr(MSR_APIC_BASE) & 0xffffff000ULL;
+        lapic_base = rdmsr(MSR_APIC_BASE) & 0x000ffffffffff000ULL;
         puts_raw("APIC xapic ");
         put_hex(lapic_base);
         serial_putc('\n');

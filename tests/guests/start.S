@@ -41,7 +41,7 @@ boot_bss_dirty:
 
     /* 256 bytes of .bss right after .data: a loader that copies file bytes past
      * p_filesz (the symbol table follows .data in the file) leaves them non-zero. */
-    .section .bss, "aw", @nobits
+    .section .bss.probe, "aw", @nobits   /* KEEP()ed by link.ld despite --gc-sections */
     .balign 8
 bss_probe:
     .skip 256
