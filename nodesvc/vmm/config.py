@@ -153,6 +153,17 @@ def _devices(kind: str) -> Callable[[str, Any, dict], None]:
     return handler
 
 
+def _device(kind: str) -> Callable[[str, Any, dict], None]:
+    """Handler for a single-device section (vsock, entropy)."""
+    def handler(key: str, v: Any, out: dict) -> None:
+        if v is None:
+            return
+        if not isinstance(v, dict):
+            raise _fail(key, f"must be an object, got {_show(v)}")
+        out["devices"].append(DeviceSpec(kind, dict(v)))
+    return handler
+
+
 def _extra(key: str, v: Any, out: dict) -> None:
     """Recognised section kept raw in VmConfig.extras for its own module to check."""
     if v is not None:
@@ -162,11 +173,11 @@ def _extra(key: str, v: Any, out: dict) -> None:
 SECTIONS: dict[str, Callable[[str, Any, dict], None]] = {
     "boot-source": _boot_source,
     "machine-config": _machine_config,
-    "drives": _unsupported_list,                # later: _devices("virtio-block")
-    "network-interfaces": _unsupported_list,    # later: _devices("virtio-net")
+    "drives": _devices("virtio-blk"),
+    "network-interfaces": _devices("virtio-net"),
     "pmem": _unsupported_list,
-    "vsock": _unsupported,
-    "entropy": _unsupported,
+    "vsock": _device("vsock"),
+    "entropy": _device("virtio-rng"),
     "balloon": _unsupported,
     "logger": _unsupported,                     # later: _extra
     "metrics": _unsupported,

@@ -83,8 +83,10 @@ class MicroVm:
             self._plugins = PluginManager()
         registry = self._plugins.device_registry()
         specs = list(DEFAULT_DEVICES) + [(d.kind, d.config) for d in self.config.devices]
-        for kind, _ in specs:
-            registry.get(kind)  # unknown kinds fail before any KVM state exists
+        for kind, cfg in specs:  # unknown kinds and bad device configs fail before KVM exists
+            validate = getattr(registry.get(kind), "validate", None)
+            if validate is not None:
+                validate(cfg)
         self._phase("plugins", t)
 
         t = time.monotonic()

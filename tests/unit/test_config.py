@@ -307,7 +307,7 @@ def test_boot_args_printable(kernel):
 
 # --- sections not implemented yet ------------------------------------------------------
 
-@pytest.mark.parametrize("section", ["vsock", "entropy", "logger", "metrics", "mmds-config",
+@pytest.mark.parametrize("section", ["logger", "metrics", "mmds-config",
                                      "balloon", "cpu-config", "memory-hotplug"])
 def test_unsupported_sections(kernel, section):
     assert err({**cfg(kernel), section: {"x": 1}}) == \
@@ -315,7 +315,24 @@ def test_unsupported_sections(kernel, section):
     assert parse_config({**cfg(kernel), section: None}, host_mem_bytes=HOST)
 
 
-@pytest.mark.parametrize("section", ["drives", "network-interfaces", "pmem"])
+@pytest.mark.parametrize("section,kind", [("drives", "virtio-blk"),
+                                          ("network-interfaces", "virtio-net")])
+def test_device_list_sections_become_device_specs(kernel, section, kind):
+    assert parse_config({**cfg(kernel), section: []}, host_mem_bytes=HOST).devices == []
+    c = parse_config({**cfg(kernel), section: [{"a": 1}, {"b": 2}]}, host_mem_bytes=HOST)
+    assert [(d.kind, d.config) for d in c.devices] == [(kind, {"a": 1}), (kind, {"b": 2})]
+    assert err({**cfg(kernel), section: {"a": 1}}).startswith(f"{section}: must be an array")
+
+
+@pytest.mark.parametrize("section,kind", [("vsock", "vsock"), ("entropy", "virtio-rng")])
+def test_single_device_sections_become_device_specs(kernel, section, kind):
+    c = parse_config({**cfg(kernel), section: {"a": 1}}, host_mem_bytes=HOST)
+    assert [(d.kind, d.config) for d in c.devices] == [(kind, {"a": 1})]
+    assert parse_config({**cfg(kernel), section: None}, host_mem_bytes=HOST).devices == []
+    assert err({**cfg(kernel), section: [1]}).startswith(f"{section}: must be an object")
+
+
+@pytest.mark.parametrize("section", ["pmem"])
 def test_unsupported_list_sections(kernel, section):
     assert parse_config({**cfg(kernel), section: []}, host_mem_bytes=HOST)
     assert err({**cfg(kernel), section: [{"drive_id": "rootfs"}]}) == \
