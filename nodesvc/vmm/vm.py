@@ -110,7 +110,8 @@ class MicroVm:
         image = kernel_mod.load_kernel(self.memory, bs.kernel_image_path)
         rd = None
         if bs.initrd_path:
-            rd = initrd_mod.load_initrd(self.memory, bs.initrd_path, image.load_end)
+            rd = initrd_mod.load_initrd(self.memory, bs.initrd_path, image.load_end,
+                                       image.initrd_addr_max)
         self.kernel = image
         self._phase("kernel", t)
 
@@ -139,9 +140,11 @@ class MicroVm:
 
         t = time.monotonic()
         supported = self.kvm.supported_cpuid()
+        pv_off = x86.PVM_KVM_FEATURES_OFF if cmdline_mod.host_is_nested_pvm() else 0
         for i in range(mc.vcpu_count):
             vcpu = self.vm.create_vcpu(i)
-            x86.configure_vcpu(vcpu, i, mc.vcpu_count, supported, image.entry)
+            x86.configure_vcpu(vcpu, i, mc.vcpu_count, supported, image.entry,
+                               kvm_features_off=pv_off)
             self._vcpus.append(VcpuThread(vcpu, self.pio_bus, self.mmio_bus, self.memory,
                                           self.request_exit))
         self._phase("vcpus", t)

@@ -10,18 +10,13 @@ from __future__ import annotations
 from .kvm import constants as C
 from .kvm.abi import ffi
 
-# Where the boot loader puts things (see nodesvc/vmm/boot/layout.py for the memory map).
-GDT_ADDR = 0x500
-IDT_ADDR = 0x520
-PML4_ADDR = 0x9000
-ZERO_PAGE = 0x7000
-BOOT_STACK = 0x8FF0
-
-# Boot GDT: null, 64-bit code, data, TSS — flags/access packed as Firecracker does.
-BOOT_GDT = (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x008F8B000000FFFF)
-CODE_SEL, DATA_SEL, TSS_SEL = 0x08, 0x10, 0x18
+from .boot import gdt
+from .boot import layout as L
 
 _LEAF_FEATURES, _LEAF_CACHE, _LEAF_PMU, _LEAF_TOPO, _LEAF_TOPO2 = 0x1, 0x4, 0xA, 0xB, 0x1F
+_LEAF_AMD_SIZES, _LEAF_AMD_TOPO = 0x80000008, 0x8000001E
+_LEAF_KVM_FEATURES = 0x40000001
+_SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 _ECX_HYPERVISOR = 1 << 31
 _EDX_HTT = 1 << 28
 
@@ -30,12 +25,22 @@ def _bits_for(n: int) -> int:
     return max(n - 1, 0).bit_length()
 
 
-def build_cpuid(supported: list[dict], index: int, count: int) -> list[dict]:
-    """CPUID entries for vCPU `index` of `count`."""
+def _topology_leaf(fn: int, index: int, count: int) -> list[dict]:
+    """Leaf 0xB/0x1F subleaves: SMT level (1 thread), core level (`count` cores), end."""
+    def entry(sub, eax, ebx, level):
+        return {"function": fn, "index": sub, "flags": _SIGNIFICANT_INDEX, "eax": eax,
+                "ebx": ebx, "ecx": (level << 8) | sub, "edx": index}
+    return [entry(0, 0, 1, 1), entry(1, _bits_for(count), count, 2), entry(2, 0, 0, 0)]
+
+
+def build_cpuid(supported: list[dict], index: int, count: int, *,
+                kvm_features_off: int = 0) -> list[dict]:
+    """CPUID entries for vCPU `index` of `count`: one package, `count` cores, 1 thread each."""
     out = []
+    topo_done = set()
     for src in supported:
         e = dict(src)
-        fn, sub = e["function"], e["index"]
+        fn = e["function"]
         if fn == _LEAF_FEATURES:
             # EBX: [31:24] initial APIC id, [23:16] logical CPUs per package, [15:8] CLFLUSH size/8
             e["ebx"] = (index << 24) | (count << 16) | (8 << 8) | (e["ebx"] & 0xFF)
@@ -44,17 +49,25 @@ def build_cpuid(supported: list[dict], index: int, count: int) -> list[dict]:
         elif fn == _LEAF_CACHE:
             # EAX[31:26] = cores per package - 1; [25:14] = threads sharing this cache - 1
             shared = 0 if ((e["eax"] >> 5) & 7) < 3 else count - 1
-            e["eax"] = (e["eax"] & 0x3FFF) | ((count - 1) << 26) | (shared << 14)
+            if e["eax"] & 0x1F:
+                e["eax"] = (e["eax"] & 0x3FFF) | ((count - 1) << 26) | (shared << 14)
         elif fn == _LEAF_PMU:
             e.update(eax=0, ebx=0, ecx=0, edx=0)  # no vPMU: nothing to emulate for perf
         elif fn in (_LEAF_TOPO, _LEAF_TOPO2):
-            e["edx"] = index  # x2APIC id
-            if sub == 0:      # SMT level: one thread per core
-                e.update(eax=0, ebx=1, ecx=(1 << 8) | sub)
-            elif sub == 1:    # core level: `count` cores in the package
-                e.update(eax=_bits_for(count), ebx=count, ecx=(2 << 8) | sub)
-            else:
-                e.update(eax=0, ebx=0, ecx=sub)
+            # The host's subleaves describe the host; ours describe the VM (all of them, so
+            # Linux never reads a missing subleaf and invents one die per CPU).
+            if fn not in topo_done:
+                topo_done.add(fn)
+                out += _topology_leaf(fn, index, count)
+            continue
+        elif fn == _LEAF_AMD_SIZES:
+            # ECX[15:12] APIC-id bits for cores, [7:0] cores per package - 1
+            e["ecx"] = (e["ecx"] & ~0xF0FF) | (_bits_for(count) << 12) | (count - 1)
+        elif fn == _LEAF_KVM_FEATURES:
+            e["eax"] &= ~kvm_features_off
+        elif fn == _LEAF_AMD_TOPO:
+            # extended APIC id; compute unit = core = index; one node
+            e.update(eax=index, ebx=index & 0xFF, ecx=0)
         out.append(e)
     return out
 
@@ -69,26 +82,6 @@ def boot_msrs() -> dict[int, int]:
     }
 
 
-def segment_from_descriptor(desc: int, selector: int) -> dict:
-    """Decode a GDT descriptor into the fields of `struct kvm_segment`."""
-    limit = (desc & 0xFFFF) | ((desc >> 32) & 0xF0000)
-    g = (desc >> 55) & 1
-    return {
-        "base": ((desc >> 16) & 0xFFFFFF) | (((desc >> 56) & 0xFF) << 24),
-        "limit": (limit << 12) | 0xFFF if g else limit,
-        "selector": selector,
-        "type": (desc >> 40) & 0xF,
-        "present": (desc >> 47) & 1,
-        "dpl": (desc >> 45) & 3,
-        "db": (desc >> 54) & 1,
-        "s": (desc >> 44) & 1,
-        "l": (desc >> 53) & 1,
-        "g": g,
-        "avl": (desc >> 52) & 1,
-        "unusable": 0 if (desc >> 47) & 1 else 1,
-    }
-
-
 def _set_segment(seg, fields: dict) -> None:
     for k, v in fields.items():
         setattr(seg, k, v)
@@ -96,16 +89,15 @@ def _set_segment(seg, fields: dict) -> None:
 
 def setup_sregs(vcpu) -> None:
     sregs = vcpu.get_sregs()
-    code = segment_from_descriptor(BOOT_GDT[1], CODE_SEL)
-    data = segment_from_descriptor(BOOT_GDT[2], DATA_SEL)
-    _set_segment(sregs.cs, code)
-    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
-        _set_segment(seg, data)
-    _set_segment(sregs.tr, segment_from_descriptor(BOOT_GDT[3], TSS_SEL))
-    sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, len(BOOT_GDT) * 8 - 1
-    sregs.idt.base, sregs.idt.limit = IDT_ADDR, 7
+    seg = lambda i: gdt.decode_descriptor(gdt.BOOT_GDT[i]).kvm_segment_fields(i)  # noqa: E731
+    _set_segment(sregs.cs, seg(1))
+    for s in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _set_segment(s, seg(2))
+    _set_segment(sregs.tr, seg(3))
+    sregs.gdt.base, sregs.gdt.limit = L.GDT, gdt.GDT_LIMIT
+    sregs.idt.base, sregs.idt.limit = L.IDT, gdt.IDT_LIMIT
     sregs.cr0 |= C.X86_CR0_PE | C.X86_CR0_PG | C.X86_CR0_ET
-    sregs.cr3 = PML4_ADDR
+    sregs.cr3 = L.PML4
     sregs.cr4 |= C.X86_CR4_PAE
     sregs.efer |= C.EFER_LME | C.EFER_LMA
     vcpu.set_sregs(sregs)
@@ -115,8 +107,8 @@ def setup_regs(vcpu, entry: int) -> None:
     regs = vcpu.get_regs()
     regs.rflags = 0x2
     regs.rip = entry
-    regs.rsp = regs.rbp = BOOT_STACK
-    regs.rsi = ZERO_PAGE
+    regs.rsp = regs.rbp = L.BOOT_STACK
+    regs.rsi = L.ZERO_PAGE
     vcpu.set_regs(regs)
 
 
@@ -142,9 +134,15 @@ def setup_lapic(vcpu) -> None:
     vcpu.set_lapic(lapic)
 
 
+#: KVM paravirt features whose hypercalls nested-PVM hosts never complete (a guest
+#: sending a PV IPI spins on the hypercall forever); see docs/kvm-hosts.md.
+KVM_FEATURE_PV_TLB_FLUSH, KVM_FEATURE_PV_SEND_IPI, KVM_FEATURE_PV_SCHED_YIELD = 1 << 9, 1 << 11, 1 << 13
+PVM_KVM_FEATURES_OFF = KVM_FEATURE_PV_TLB_FLUSH | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD
+
+
 def configure_vcpu(vcpu, index: int, count: int, supported_cpuid: list[dict],
-                   entry: int) -> None:
-    vcpu.set_cpuid2(build_cpuid(supported_cpuid, index, count))
+                   entry: int, *, kvm_features_off: int = 0) -> None:
+    vcpu.set_cpuid2(build_cpuid(supported_cpuid, index, count, kvm_features_off=kvm_features_off))
     vcpu.set_msrs(boot_msrs())
     setup_fpu(vcpu)
     setup_lapic(vcpu)

@@ -38,13 +38,19 @@ def test_supported_input_is_not_mutated():
     assert SUPPORTED == before
 
 
-def test_boot_segments_decode_to_long_mode_flat_segments():
-    code = x86.segment_from_descriptor(x86.BOOT_GDT[1], x86.CODE_SEL)
-    assert code["l"] == 1 and code["db"] == 0 and code["present"] == 1 and code["s"] == 1
-    assert code["type"] == 0xB and code["limit"] == 0xFFFFFFFF and code["base"] == 0
-    data = x86.segment_from_descriptor(x86.BOOT_GDT[2], x86.DATA_SEL)
-    assert data["type"] == 0x3 and data["db"] == 1 and data["l"] == 0
-    tss = x86.segment_from_descriptor(x86.BOOT_GDT[3], x86.TSS_SEL)
-    assert tss["type"] == 0xB and tss["s"] == 0
-    null = x86.segment_from_descriptor(0, 0)
-    assert null["unusable"] == 1
+def test_topology_leaf_gets_all_subleaves_even_when_host_has_one():
+    host = [{"function": 0xB, "index": 0, "flags": 1, "eax": 0, "ebx": 0, "ecx": 0, "edx": 0}]
+    e = x86.build_cpuid(host, 1, 2)
+    subs = [x for x in e if x["function"] == 0xB]
+    assert [x["index"] for x in subs] == [0, 1, 2]
+    assert [(x["ecx"] >> 8) & 0xFF for x in subs] == [1, 2, 0]   # SMT, core, invalid
+    assert subs[1]["ebx"] == 2 and subs[1]["eax"] == 1
+    assert all(x["edx"] == 1 for x in subs)
+
+
+def test_amd_topology_leaves():
+    host = [{"function": 0x80000008, "index": 0, "flags": 0, "eax": 0x3030, "ebx": 0, "ecx": 0x7001, "edx": 0},
+            {"function": 0x8000001E, "index": 0, "flags": 0, "eax": 0, "ebx": 0, "ecx": 0, "edx": 0}]
+    e = x86.build_cpuid(host, 3, 4)
+    assert _leaf(e, 0x80000008)["ecx"] == (2 << 12) | 3
+    assert _leaf(e, 0x8000001E)["eax"] == 3

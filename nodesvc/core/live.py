@@ -1,0 +1,123 @@
+"""Operations on a VM's devices, console, logs and metadata (mixed into `Node`).
+
+Live device changes on a stopped VM just edit its spec (they apply at the next start); on a
+running VM they go to the VMM, which must support the op (nodesvc.vmm.control.OPS).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import AsyncIterator
+
+from ..vmm import control
+from . import metadata as md
+from . import spec as specs
+from .errors import InvalidSpec, NotFound, Unsupported, WrongState
+from .events import UPDATED
+from .model import ACTIVE, VmState
+
+S = VmState
+
+
+class LiveOps:
+    async def _live_change(self, e, op: str, args: dict, what: str) -> None:
+        if e.rec.state not in ACTIVE:
+            return
+        if op not in control.OPS:
+            raise Unsupported(f"{what} on a running VM is not supported by this VMM yet; "
+                              f"stop VM {e.rec.id} first (the change applies at the next start)")
+        await self._vmm_op(e, op, **args)
+
+    async def update_drive(self, vm_id: str, drive_id: str, path_on_host: str):
+        e = self.entry(vm_id)
+        async with e.lock:
+            drives = {d["drive_id"]: d for d in e.rec.spec["drives"]}
+            if drive_id not in drives:
+                have = ", ".join(sorted(drives)) or "none"
+                raise NotFound(f"VM {vm_id} has no drive {drive_id!r} (drives: {have})")
+            path = _host_path(path_on_host)
+            await self._live_change(e, "update_drive",
+                                    {"drive_id": drive_id, "path_on_host": path}, "drive update")
+            drives[drive_id]["path_on_host"] = path
+            self._commit(e, UPDATED, e.rec.state)
+            return e.rec
+
+    async def update_rate_limiter(self, vm_id: str, device_id: str, limiter: dict | None):
+        e = self.entry(vm_id)
+        async with e.lock:
+            ids = specs.device_ids(e.rec.spec)
+            if device_id not in ids:
+                have = ", ".join(sorted(ids)) or "none"
+                raise NotFound(f"VM {vm_id} has no rate-limited device {device_id!r} "
+                               f"(devices: {have})")
+            rl = specs.rate_limiter(limiter, "rate_limiter")
+            await self._live_change(e, "update_rate_limiter",
+                                    {"device_id": device_id, "rate_limiter": rl},
+                                    "rate limiter replacement")
+            kind = ids[device_id]
+            if kind == "drive":
+                dev = next(d for d in e.rec.spec["drives"] if d["drive_id"] == device_id)
+                key = "rate_limiter"
+            else:
+                iface = device_id.rsplit("/", 1)[0]
+                dev = next(i for i in e.rec.spec["network_interfaces"] if i["iface_id"] == iface)
+                key = "rx_rate_limiter" if kind == "net-rx" else "tx_rate_limiter"
+            if rl is None:
+                dev.pop(key, None)
+            else:
+                dev[key] = rl
+            self._commit(e, UPDATED, e.rec.state)
+            return e.rec
+
+    # -- console --------------------------------------------------------------------------
+    async def console_stream(self, vm_id: str, include_history: bool = False
+                             ) -> AsyncIterator[tuple[bytes, int]]:
+        """(data, dropped bytes) until the VMM process ends."""
+        e = self.entry(vm_id)
+        async for items, dropped in e.console.subscribe(include_history):
+            yield b"".join(items), dropped
+
+    async def console_input(self, vm_id: str, data: bytes) -> int:
+        e = self.entry(vm_id)
+        if e.rec.state not in (S.RUNNING, S.PAUSED) or e.handle is None:
+            raise WrongState(f"cannot send console input to VM {vm_id}: it is "
+                             f"{e.rec.state.value} (needs RUNNING or PAUSED)")
+        res = await self._vmm_op(e, "console_input", data=base64.b64encode(data).decode())
+        return int(res.get("accepted", 0))
+
+    async def logs_stream(self, vm_id: str, include_history: bool = False,
+                          kinds: frozenset[str] = frozenset({"log", "metrics"})
+                          ) -> AsyncIterator[tuple[list[dict], int]]:
+        e = self.entry(vm_id)
+        async for items, dropped in e.logs.subscribe(include_history):
+            yield [r for r in items if r.get("kind") in kinds], dropped
+
+    # -- metadata -------------------------------------------------------------------------
+    def get_metadata(self, vm_id: str) -> str:
+        return self.entry(vm_id).rec.metadata
+
+    async def put_metadata(self, vm_id: str, text: str) -> str:
+        return await self._set_metadata(vm_id, lambda cur: md.put(text))
+
+    async def patch_metadata(self, vm_id: str, text: str) -> str:
+        return await self._set_metadata(vm_id, lambda cur: md.patch(cur, text))
+
+    async def _set_metadata(self, vm_id: str, change) -> str:
+        e = self.entry(vm_id)
+        async with e.lock:
+            doc = change(e.rec.metadata)
+            # Once the metadata service exists the running VMM gets the document here too.
+            if e.rec.state in ACTIVE and "put_metadata" in control.OPS:
+                await self._vmm_op(e, "put_metadata", json=doc)
+            e.rec.metadata = doc
+            self.store.save(e.rec)
+            return doc
+
+
+def _host_path(path: str) -> str:
+    if not path or not os.path.isabs(path):
+        raise InvalidSpec("path_on_host", f"must be an absolute host path, got {path!r}")
+    if not os.path.exists(path):
+        raise InvalidSpec("path_on_host", f"{path!r} does not exist on this host")
+    return path

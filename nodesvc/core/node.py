@@ -1,0 +1,306 @@
+"""`Node`: the VM registry and lifecycle operations, transport-agnostic (asyncio).
+
+Every mutation of a VM runs under that VM's lock and is shielded from the caller's
+cancellation: a client that hangs up or hits its deadline mid-stop does not leave a VM
+half-stopped. State changes go through `_set_state`, which checks the transition, persists
+the record and publishes the event, in one event-loop step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from . import spec as specs
+from .capacity import Capacity
+from .errors import AlreadyExists, InvalidSpec, NotFound, WrongState
+from .events import CREATED, DELETED, STATE_CHANGED, Event, EventLog
+from .fanout import Fanout, byte_fanout, record_fanout
+from .live import LiveOps
+from .model import ACTIVE, DELETABLE, STARTABLE, TRANSITIONS, VmmInfo, VmRecord, VmState
+from .store import Store
+from .supervisor import ExitInfo, RunPaths, VmmHandle, spawn_vmm, vmm_command
+from .vmm_client import VmmRequestError
+
+log = logging.getLogger("nodesvc.core")
+S = VmState
+
+
+@dataclass
+class NodeConfig:
+    state_dir: str
+    capacity: Capacity = field(default_factory=Capacity.detect)
+    event_history: int = 1000
+    console_history_bytes: int = 64 << 10
+    log_history: int = 500
+    default_grace_s: float = 10.0
+    vmm_metrics_interval_s: float = 10.0
+    vmm_log_level: str = "info"
+    # How a VMM is launched: command(vm_id, paths) -> argv, then spawn(argv, ...) -> Popen.
+    # The jailer slots in by wrapping the command (and/or replacing spawn).
+    command: Callable[..., list[str]] | None = None
+    spawn: Callable[..., object] = spawn_vmm
+
+
+class VmEntry:
+    """A record plus what only lives in memory: its lock, VMM handle and stream fan-outs."""
+
+    def __init__(self, rec: VmRecord, cfg: NodeConfig):
+        self.rec, self.cfg = rec, cfg
+        self.lock = asyncio.Lock()
+        self.handle: VmmHandle | None = None
+        self.console: Fanout[bytes] = byte_fanout(cfg.console_history_bytes)
+        self.logs: Fanout[dict] = record_fanout(cfg.log_history)
+        if rec.state not in (S.CREATED, *ACTIVE):   # no run to follow until the next start
+            self.console.close()
+            self.logs.close()
+
+    def fresh_streams(self) -> None:
+        if self.console.closed:
+            self.console = byte_fanout(self.cfg.console_history_bytes)
+        if self.logs.closed:
+            self.logs = record_fanout(self.cfg.log_history)
+
+
+def _shielded(fn):
+    """Run a mutation to completion even if the awaiting caller is cancelled."""
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        task = asyncio.ensure_future(fn(*args, **kwargs))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "unretrieved"
+        return await asyncio.shield(task)
+    return wrapper
+
+
+class Node(LiveOps):
+    def __init__(self, cfg: NodeConfig):
+        self.cfg = cfg
+        self.store = Store(cfg.state_dir)
+        self.vms: dict[str, VmEntry] = {}
+        self.events = EventLog(history=cfg.event_history)
+        self.started_at = time.time()
+
+    # -- open / close (recovery lives in recovery.py) ---------------------------------------
+    async def open(self) -> None:
+        from .recovery import recover
+        await recover(self)
+
+    async def close(self) -> None:
+        """Let go of every VMM without stopping it: the next node service re-adopts them."""
+        for e in self.vms.values():
+            if e.handle is not None:
+                e.handle.detach()
+        self.store.save_revision(self.events.revision)
+
+    # -- state machine ------------------------------------------------------------------------
+    def _set_state(self, e: VmEntry, state: VmState, reason: str = "") -> None:
+        prev = e.rec.state
+        if state not in TRANSITIONS[prev]:
+            raise RuntimeError(f"illegal transition {prev.value} -> {state.value} for {e.rec.id}")
+        e.rec.state, e.rec.reason, e.rec.state_changed_at = state, reason, time.time()
+        self._commit(e, STATE_CHANGED, prev)
+
+    def _commit(self, e: VmEntry, kind: str, prev: VmState | None) -> None:
+        e.rec.revision = self.events.next_revision()
+        self.store.save(e.rec)
+        self.events.publish(Event(e.rec.revision, kind, e.rec.to_json(), prev))
+
+    def entry(self, vm_id: str) -> VmEntry:
+        e = self.vms.get(vm_id)
+        if e is None:
+            specs.check_vm_id(vm_id)
+            raise NotFound(f"no VM {vm_id!r} on this node")
+        return e
+
+    def _need(self, e: VmEntry, states, action: str) -> None:
+        if e.rec.state not in states:
+            want = " or ".join(s.value for s in sorted(states, key=list(S).index))
+            raise WrongState(f"cannot {action} VM {e.rec.id}: it is {e.rec.state.value} "
+                             f"(needs {want})")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def create_vm(self, vm_id: str, spec: dict, labels: dict | None = None,
+                        start: bool = False) -> VmRecord:
+        specs.check_vm_id(vm_id)
+        labels = specs.check_labels(labels or {})
+        normalized = specs.normalize(spec, host_mem_bytes=self.cfg.capacity.memory_mib << 20)
+        if vm_id in self.vms:   # no await since the check above: a racing create can't slip in
+            raise AlreadyExists(f"VM {vm_id!r} already exists")
+        e = VmEntry(VmRecord(vm_id, normalized, labels), self.cfg)
+        self.vms[vm_id] = e
+        self._commit(e, CREATED, None)
+        if start:
+            return await self.start_vm(vm_id)
+        return e.rec
+
+    def _allocated(self) -> tuple[int, int]:
+        active = [e.rec.spec["machine"] for e in self.vms.values() if e.rec.state in ACTIVE]
+        return sum(m["memory_mib"] for m in active), sum(m["vcpus"] for m in active)
+
+    @_shielded
+    async def start_vm(self, vm_id: str) -> VmRecord:
+        e = self.entry(vm_id)
+        async with e.lock:
+            self._need(e, STARTABLE, "start")
+            try:    # files may have moved since CreateVm
+                specs.check_vmm_accepts(e.rec.spec)
+            except InvalidSpec as err:
+                raise WrongState(f"cannot start VM {vm_id}: {err}") from None
+            m = e.rec.spec["machine"]
+            self.cfg.capacity.check(vm_id, m["memory_mib"], m["vcpus"], *self._allocated())
+            paths = RunPaths(self.store.run_dir(vm_id))
+            paths.prepare(specs.to_firecracker(e.rec.spec))
+            e.fresh_streams()
+            command = self.cfg.command or functools.partial(
+                vmm_command, metrics_interval=self.cfg.vmm_metrics_interval_s,
+                log_level=self.cfg.vmm_log_level)
+            try:
+                popen = self.cfg.spawn(command(vm_id, paths), stderr_path=paths.stderr,
+                                       cwd=paths.run_dir)
+            except OSError as err:
+                paths.remove()
+                raise WrongState(f"cannot start VM {vm_id}: spawning its VMM failed: {err}")
+            h = VmmHandle(vm_id, paths, popen.pid, console=e.console, logs=e.logs,
+                          on_exit=self._on_vmm_exit, popen=popen)
+            h.watch()
+            e.handle = h
+            e.rec.vmm = VmmInfo(popen.pid, h.start_time, paths.run_dir)
+            e.rec.start_count += 1
+            self._set_state(e, S.STARTING)
+            why = "VMM process did not answer on its control socket"
+            if await h.connect():
+                try:
+                    await h.request("start", timeout=60.0)
+                    h.started = True
+                except VmmRequestError as err:
+                    why = f"start failed: {err}"
+            if h.started:
+                if e.rec.state is S.STARTING:
+                    self._set_state(e, S.RUNNING)
+                return e.rec
+            # The VMM exits by itself after a failed start (and says why); make sure it does.
+            await asyncio.wait([h.done], timeout=5.0)
+            if not h.done.done():
+                h.fail_reason = why
+                h.kill()
+            info = await h.done
+            raise WrongState(f"VM {vm_id} failed to start: {info.reason}")
+
+    def _on_vmm_exit(self, h: VmmHandle, info: ExitInfo) -> None:
+        e = self.vms.get(h.vm_id)
+        if e is None or e.handle is not h:
+            return
+        e.handle = None
+        e.rec.vmm = None
+        if e.rec.state is S.STARTING and info.ran:
+            self._set_state(e, S.RUNNING)
+        if e.rec.state in ACTIVE:
+            self._set_state(e, S.FAILED if info.failed else S.STOPPED, info.reason)
+        log.info("%s: VMM ended: %s", h.vm_id, info.reason)
+
+    @_shielded
+    async def stop_vm(self, vm_id: str, grace_s: float | None = None, force: bool = False,
+                      budget_s: float | None = None) -> VmRecord:
+        """Ctrl-Alt-Del, wait `grace_s`, then stop; kill if the VMM doesn't comply.
+        `budget_s` (the caller's deadline) caps the grace period."""
+        e = self.entry(vm_id)
+        async with e.lock:
+            self._need(e, {S.RUNNING, S.PAUSED}, "stop")
+            h = e.handle
+            graceful = not force and e.rec.state is S.RUNNING   # a paused guest can't react
+            grace = self.cfg.default_grace_s if grace_s is None else grace_s
+            if budget_s is not None:
+                grace = max(0.0, min(grace, budget_s - 1.5))   # leave time for the forced path
+            self._set_state(e, S.STOPPING)
+            h.stop_requested = "stopped by request"
+            if graceful and grace > 0:
+                try:
+                    sent = (await h.request("ctrl_alt_del", timeout=2.0)).get("sent")
+                except VmmRequestError:
+                    sent = False
+                if sent:
+                    await asyncio.wait([h.done], timeout=grace)
+            if not h.done.done():
+                h.stop_requested = ("stopped by force" if not graceful else
+                                    f"stopped by force after a {grace:g}s grace period")
+                try:
+                    await h.request("stop", timeout=2.0, detail=h.stop_requested)
+                except VmmRequestError:
+                    pass
+                await asyncio.wait([h.done], timeout=3.0)
+            if not h.done.done():
+                h.stop_requested += " (VMM process killed)"
+                h.kill()
+                await h.done
+            return e.rec
+
+    async def _vmm_op(self, e: VmEntry, op: str, **args) -> dict:
+        try:
+            return await e.handle.request(op, **args)
+        except VmmRequestError as err:
+            raise WrongState(f"VM {e.rec.id}: {op} failed: {err}") from None
+
+    @_shielded
+    async def pause_vm(self, vm_id: str) -> VmRecord:
+        e = self.entry(vm_id)
+        async with e.lock:
+            self._need(e, {S.RUNNING}, "pause")
+            await self._vmm_op(e, "pause")
+            if e.rec.state is S.RUNNING:
+                self._set_state(e, S.PAUSED)
+            return e.rec
+
+    @_shielded
+    async def resume_vm(self, vm_id: str) -> VmRecord:
+        e = self.entry(vm_id)
+        async with e.lock:
+            self._need(e, {S.PAUSED}, "resume")
+            await self._vmm_op(e, "resume")
+            if e.rec.state is S.PAUSED:
+                self._set_state(e, S.RUNNING)
+            return e.rec
+
+    @_shielded
+    async def delete_vm(self, vm_id: str) -> None:
+        e = self.entry(vm_id)
+        async with e.lock:
+            self._need(e, DELETABLE, "delete")
+            del self.vms[vm_id]
+            self.store.delete(vm_id)
+            RunPaths(self.store.run_dir(vm_id)).remove()
+            e.console.close()
+            e.logs.close()
+            prev = e.rec.state
+            e.rec.revision = self.events.next_revision()
+            self.store.save_revision(e.rec.revision)   # no record keeps it any more
+            self.events.publish(Event(e.rec.revision, DELETED, e.rec.to_json(), prev))
+
+    # -- queries ------------------------------------------------------------------------------
+    def get_vm(self, vm_id: str) -> VmRecord:
+        return self.entry(vm_id).rec
+
+    def list_vms(self, selector: dict | None = None, states=()) -> tuple[list[VmRecord], int]:
+        states = set(states)
+        out = [e.rec for e in self.vms.values()
+               if e.rec.matches(selector) and (not states or e.rec.state in states)]
+        return sorted(out, key=lambda r: r.id), self.events.revision
+
+    async def watch(self, since: int = 0, selector: dict | None = None,
+                    vm_id: str = "") -> AsyncIterator[Event]:
+        if vm_id:
+            specs.check_vm_id(vm_id)
+        async for ev in self.events.watch(since):
+            rec = ev.vm
+            if vm_id and rec["id"] != vm_id:
+                continue
+            if selector and any(rec["labels"].get(k) != v for k, v in selector.items()):
+                continue
+            yield ev
+
+    def node_info(self) -> dict:
+        from .nodeinfo import node_info
+        return node_info(self)

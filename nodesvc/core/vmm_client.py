@@ -1,0 +1,100 @@
+"""asyncio client for a VMM process's control socket (protocol: nodesvc.vmm.control)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Callable
+
+from ..vmm import control
+
+
+class VmmRequestError(Exception):
+    """The VMM refused or failed a request; `kind` is one of control's error kinds."""
+
+    def __init__(self, kind: str, msg: str):
+        super().__init__(msg)
+        self.kind = kind
+
+
+class ControlClient:
+    """One connection. Responses are matched by id; events go to `on_event`, and
+    `on_event({})` (no "event" key) tells that the connection ended."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_event: Callable[[dict], None]):
+        self._reader, self._writer, self._on_event = reader, writer, on_event
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._hello = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._read_loop())
+        self._lock = asyncio.Lock()     # one request at a time, like the VMM serves them
+        self.closed = self._closing = False
+
+    @classmethod
+    async def connect(cls, path: str, on_event: Callable[[dict], None]) -> "ControlClient":
+        with control.ShortPath(path) as p:
+            reader, writer = await asyncio.open_unix_connection(p, limit=control.MAX_LINE)
+        return cls(reader, writer, on_event)
+
+    async def hello(self, timeout: float) -> dict:
+        msg = await asyncio.wait_for(asyncio.shield(self._hello), timeout)
+        if not msg:
+            raise VmmRequestError(control.FAILED, "the VMM closed its control connection")
+        return msg
+
+    async def request(self, op: str, args: dict | None = None, timeout: float = 10.0) -> dict:
+        async with self._lock:
+            if self.closed:
+                raise VmmRequestError(control.FAILED, "the VMM control connection is closed")
+            rid = next(self._ids)
+            fut = asyncio.get_running_loop().create_future()
+            self._pending[rid] = fut
+            try:
+                self._writer.write(control.encode({"id": rid, "op": op, "args": args or {}}))
+                await self._writer.drain()
+                msg = await asyncio.wait_for(fut, timeout)
+            except (OSError, asyncio.TimeoutError) as e:
+                raise VmmRequestError(control.FAILED, f"VMM did not answer {op!r}: "
+                                                      f"{type(e).__name__} {e}") from None
+            finally:
+                self._pending.pop(rid, None)
+        if not msg.get("ok"):
+            raise VmmRequestError(msg.get("kind", control.FAILED), msg.get("error", "failed"))
+        return msg.get("result") or {}
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    break
+                try:
+                    msg = control.decode(line)
+                except control.ProtocolError:
+                    continue
+                if "event" in msg:
+                    if msg["event"] == "hello" and not self._hello.done():
+                        self._hello.set_result(msg)
+                    self._on_event(msg)
+                else:
+                    fut = self._pending.get(msg.get("id"))
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+        except (OSError, ValueError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self.closed = True
+            err = VmmRequestError(control.FAILED, "the VMM closed its control connection")
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            if not self._hello.done():
+                self._hello.set_result({})
+            if not self._closing:   # the VMM hung up (not us)
+                self._on_event({})
+
+    def close(self) -> None:
+        self.closed = self._closing = True
+        self._task.cancel()
+        self._writer.close()

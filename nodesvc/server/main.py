@@ -1,0 +1,77 @@
+"""`nodesvc serve`: run the node service.
+
+    nodesvc serve --state-dir /var/lib/nodesvc                      # Unix socket only
+    nodesvc serve --listen 0.0.0.0:7443 --tls-cert c.pem --tls-key k.pem --tls-client-ca ca.pem
+
+Exit status: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Sequence
+
+DEFAULT_STATE_DIR = "/var/lib/nodesvc"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodesvc", description="Per-host microVM node service.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the gRPC node service")
+    s.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                   help=f"VM records, run dirs and the default socket (default {DEFAULT_STATE_DIR})")
+    s.add_argument("--socket", help="Unix socket path (default <state-dir>/nodesvc.sock)")
+    s.add_argument("--listen", metavar="HOST:PORT", help="also serve TCP (mutual TLS)")
+    s.add_argument("--tls-cert", help="server certificate (PEM) for --listen")
+    s.add_argument("--tls-key", help="server private key (PEM) for --listen")
+    s.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to")
+    s.add_argument("--insecure-tcp", action="store_true",
+                   help="allow --listen without TLS (plaintext; for trusted networks only)")
+    c = s.add_argument_group("capacity")
+    c.add_argument("--memory-mib", type=int, help="host memory to plan with (default MemTotal)")
+    c.add_argument("--reserve-mib", type=int, default=256,
+                   help="memory kept for the host (default 256)")
+    c.add_argument("--cpu-overcommit", type=float, default=4.0,
+                   help="vCPUs allowed per host CPU (default 4)")
+    v = s.add_argument_group("VMM processes")
+    v.add_argument("--vmm-metrics-interval", type=float, default=10.0,
+                   help="seconds between VMM metrics records (default 10)")
+    v.add_argument("--vmm-log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    v.add_argument("--default-grace", type=float, default=10.0,
+                   help="StopVm's default Ctrl-Alt-Del grace period in seconds (default 10)")
+    s.add_argument("--event-history", type=int, default=1000,
+                   help="VM events kept for WatchVms resumption (default 1000)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper()),
+                        format="nodesvc: %(levelname)s %(name)s: %(message)s")
+    from ..core import NodeConfig
+    from ..core.capacity import Capacity
+    from .app import ServeOptions, UsageError, serve
+    cfg = NodeConfig(
+        state_dir=args.state_dir,
+        capacity=Capacity.detect(memory_mib=args.memory_mib, reserve_mib=args.reserve_mib,
+                                 cpu_overcommit=args.cpu_overcommit),
+        event_history=args.event_history, default_grace_s=args.default_grace,
+        vmm_metrics_interval_s=args.vmm_metrics_interval, vmm_log_level=args.vmm_log_level)
+    opts = ServeOptions(socket=args.socket, listen=args.listen, tls_cert=args.tls_cert,
+                        tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                        insecure_tcp=args.insecure_tcp)
+    try:
+        asyncio.run(serve(cfg, opts))
+    except UsageError as e:
+        print(f"nodesvc: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The control protocol between the node service and a VMM process (no grpc here).
+
+Newline-delimited JSON over a Unix stream socket that the VMM listens on. The node
+service connects (again after it restarts); the VMM serves one request at a time.
+
+    request   {"id": 1, "op": "pause", "args": {}}
+    response  {"id": 1, "ok": true, "result": {...}}
+              {"id": 1, "ok": false, "error": "VM is not running", "kind": "wrong-state"}
+    event     {"event": "hello", "vm_id": "web-1", "pid": 42, "state": "ready", "protocol": 1}
+              {"event": "exited", "reason": "guest-reset", "detail": "...", "failure": false,
+               "exit_code": 0}
+
+`hello` is sent on every new connection (so a re-adopting node service can check it
+reached the right VM); `exited` is pushed to every connection when the VM ends, just
+before the process exits. A request may carry "trace" (W3C traceparent) for tracing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+PROTOCOL = 1
+MAX_LINE = 1 << 20   # a request or response larger than this is a protocol error
+
+#: op -> what it does; the VMM answers "unknown op" for anything else.
+OPS = {
+    "status": "state, pid, stats and counters",
+    "start": "build the VM and start its vCPUs (once)",
+    "pause": "park the vCPUs",
+    "resume": "unpark the vCPUs",
+    "stop": "end the VM now (args: detail)",
+    "ctrl_alt_del": "inject Ctrl-Alt-Del through the i8042 keyboard",
+    "console_input": "feed bytes to the serial console (args: data, base64)",
+    "flush_metrics": "write one metrics record now",
+}
+
+# VMM process states as reported in `hello` and `status`.
+READY, RUNNING, PAUSED, EXITING = "ready", "running", "paused", "exiting"
+
+# Error kinds in failed responses; the node service maps them to its domain errors.
+WRONG_STATE, BAD_REQUEST, UNSUPPORTED, FAILED = "wrong-state", "bad-request", "unsupported", "failed"
+
+
+class ProtocolError(Exception):
+    """A malformed line on the control socket."""
+
+
+def encode(msg: dict) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict:
+    try:
+        msg = json.loads(line)
+    except ValueError as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return msg
+
+
+# Unix socket paths are limited to 107 bytes; state dirs (and pytest's tmp dirs) can be
+# longer. Binding relative to the directory and connecting through /proc/self/fd both
+# sidestep the limit without changing where the socket lives.
+_SUN_PATH_MAX = 107
+
+
+def bind_unix(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        sock.bind(path)
+    else:
+        cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.chdir(os.path.dirname(path) or ".")
+            sock.bind(os.path.basename(path))
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
+    return sock
+
+
+class ShortPath:
+    """A connectable path for `path`: itself if short, else via an O_PATH dir fd."""
+
+    def __init__(self, path: str):
+        self._fd = None
+        if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+            self.path = path
+        else:
+            self._fd = os.open(os.path.dirname(path), os.O_PATH | os.O_CLOEXEC)
+            self.path = f"/proc/self/fd/{self._fd}/{os.path.basename(path)}"
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,401 @@
+"""`python -m nodesvc.vmm.process`: one microVM in its own process, driven over a control socket.
+
+    python -m nodesvc.vmm.process --id web-1 --config-file vm.json \\
+        --control-socket run/control.sock --console-fifo run/console.fifo \\
+        --log-fifo run/log.fifo --metrics-fifo run/metrics.fifo --exit-file run/exit.json
+
+Spawned by the node service (through the jailer once it exists) and deliberately lean: no
+grpc, no protobuf, no OpenTelemetry exporter. The main thread owns the control socket (and
+must: vCPU kick signals are installed from it); vCPU and device threads belong to MicroVm.
+The FIFOs are opened O_RDWR|O_NONBLOCK so the VMM never blocks on, nor dies with, a reader
+that went away: when a pipe is full the write is dropped and counted. When the VM ends the
+process writes `exit.json` (so a node service that was down still learns why), pushes an
+`exited` event to every connection and exits with the reason's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import fcntl
+import json
+import logging
+import os
+import selectors
+import signal
+import sys
+import threading
+import time
+
+from . import control
+from .errors import ConfigError
+
+log = logging.getLogger("nodesvc.vmm.process")
+PIPE_BUF = 4096               # writes up to this size are atomic on a pipe
+CONSOLE_PIPE_SIZE = 1 << 18   # room for a boot's worth of output while the reader is busy
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+# Modules whose presence would mean the VMM stopped being lean; reported by `status`.
+HEAVY_MODULES = ("grpc", "google.protobuf", "opentelemetry.exporter")
+
+
+class FifoWriter:
+    """Non-blocking writes to a FIFO; what doesn't fit is dropped and counted."""
+
+    def __init__(self, path: str | None, pipe_size: int | None = None):
+        self.fd = None
+        self.written = self.dropped = self.dropped_writes = 0
+        self._lock = threading.Lock()
+        if path:
+            self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            if pipe_size:
+                try:
+                    fcntl.fcntl(self.fd, _F_SETPIPE_SZ, pipe_size)
+                except OSError:
+                    pass    # above /proc/sys/fs/pipe-max-size: keep the default
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self.fd is None:
+                return
+            try:
+                n = os.write(self.fd, data)
+            except OSError as e:    # EAGAIN: pipe full; anything else: reader gone for good
+                if e.errno not in (errno.EAGAIN, errno.EPIPE):
+                    log.debug("fifo write failed: %s", e)
+                n = 0
+            self.written += n
+            if n < len(data):
+                self.dropped += len(data) - n
+                self.dropped_writes += 1
+
+    def write_line(self, record: dict) -> None:
+        line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+        if len(line) > PIPE_BUF:    # only whole lines are atomic: shorten the message
+            record = dict(record, message=str(record.get("message", ""))[:1024] + "...",
+                          truncated=True)
+            line = json.dumps(record, separators=(",", ":"), default=str).encode()[:PIPE_BUF - 1]
+            line += b"\n"
+        self.write(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+
+class JsonLogHandler(logging.Handler):
+    """Log records as JSON lines on the log FIFO."""
+
+    def __init__(self, fifo: FifoWriter, vm_id: str):
+        super().__init__()
+        self.fifo, self.vm_id = fifo, vm_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.fifo.write_line({"time": record.created, "level": record.levelname,
+                                  "logger": record.name, "message": msg,
+                                  "fields": {"vm_id": self.vm_id, "thread": record.threadName}})
+        except Exception:
+            self.handleError(record)
+
+
+class Client:
+    def __init__(self, sock):
+        self.sock, self.buf = sock, b""
+
+
+class VmmProcess:
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.vm_id = args, args.id
+        self.state = control.READY
+        self.vm = None
+        self.exit_info: dict | None = None
+        self.console = FifoWriter(args.console_fifo, CONSOLE_PIPE_SIZE)
+        self.logs = FifoWriter(args.log_fifo)
+        self.metrics = FifoWriter(args.metrics_fifo)
+        self.metrics_writes = 0
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.clients: list[Client] = []
+        self.listener = None
+
+    # -- set-up -----------------------------------------------------------------------
+    def open(self) -> None:
+        handler = JsonLogHandler(self.logs, self.vm_id)
+        root = logging.getLogger("nodesvc")
+        root.addHandler(handler)
+        root.setLevel(getattr(logging, self.args.log_level.upper(), logging.INFO))
+        self.listener = control.bind_unix(self.args.control_socket)
+        self.listener.listen(4)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signalled = signal.Signals(signum).name
+        os.write(self.wake_w, b"s")
+
+    # -- main loop --------------------------------------------------------------------
+    def run(self, cfg) -> int:
+        self.cfg = cfg
+        self._signalled = None
+        log.info("VMM process ready", extra={})
+        interval = self.args.metrics_interval
+        next_metrics = time.monotonic() + interval if interval > 0 else None
+        while self.exit_info is None:
+            timeout = None if next_metrics is None else max(0.0, next_metrics - time.monotonic())
+            for key, _ in self.sel.select(timeout):
+                if key.data == "accept":
+                    self._accept()
+                elif key.data == "wake":
+                    self._woken()
+                else:
+                    self._readable(key.data)
+                if self.exit_info is not None:
+                    break
+            if next_metrics is not None and time.monotonic() >= next_metrics:
+                self.write_metrics()
+                next_metrics = time.monotonic() + interval
+        return self._finish()
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.settimeout(5.0)    # a peer that stops reading is dropped, never waited on forever
+        c = Client(sock)
+        self.clients.append(c)
+        self.sel.register(sock, selectors.EVENT_READ, c)
+        self._send(c, {"event": "hello", "vm_id": self.vm_id, "pid": os.getpid(),
+                       "state": self.state, "protocol": control.PROTOCOL})
+
+    def _drop(self, c: Client) -> None:
+        if c in self.clients:
+            self.clients.remove(c)
+            self.sel.unregister(c.sock)
+            c.sock.close()
+
+    def _send(self, c: Client, msg: dict) -> None:
+        try:
+            c.sock.sendall(control.encode(msg))
+        except OSError:
+            self._drop(c)
+
+    def _readable(self, c: Client) -> None:
+        try:
+            data = c.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(c)
+            return
+        c.buf += data
+        while b"\n" in c.buf and c in self.clients:
+            line, c.buf = c.buf.split(b"\n", 1)
+            self._send(c, self.handle_line(line))
+        if len(c.buf) > control.MAX_LINE:
+            self._drop(c)
+
+    def _woken(self) -> None:
+        try:
+            os.read(self.wake_r, 64)
+        except BlockingIOError:
+            pass
+        if self._signalled:
+            self._stop(f"received {self._signalled}")
+        if self.vm is not None and self.vm.wait(0) is not None:
+            self.exit_info = {}  # leave the loop; _finish fills in the details
+
+    # -- requests ---------------------------------------------------------------------
+    def handle_line(self, line: bytes) -> dict:
+        try:
+            req = control.decode(line)
+        except control.ProtocolError as e:
+            return {"id": None, "ok": False, "error": str(e), "kind": control.BAD_REQUEST}
+        rid, op, args = req.get("id"), req.get("op"), req.get("args") or {}
+        fn = getattr(self, f"op_{op}", None) if op in control.OPS else None
+        if fn is None:
+            return {"id": rid, "ok": False, "error": f"unknown op {op!r}",
+                    "kind": control.BAD_REQUEST}
+        try:
+            return {"id": rid, "ok": True, "result": fn(**args)}
+        except _OpError as e:
+            return {"id": rid, "ok": False, "error": str(e), "kind": e.kind}
+        except TypeError as e:
+            return {"id": rid, "ok": False, "error": f"bad arguments for {op}: {e}",
+                    "kind": control.BAD_REQUEST}
+        except Exception as e:  # never let one request kill the VMM
+            log.exception("op %s failed", op)
+            return {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}",
+                    "kind": control.FAILED}
+
+    def _need(self, *states: str) -> None:
+        if self.state not in states:
+            raise _OpError(control.WRONG_STATE, f"VM is {self.state}, needs {' or '.join(states)}")
+
+    def op_status(self) -> dict:
+        return {"vm_id": self.vm_id, "pid": os.getpid(), "state": self.state,
+                "counters": self.counters(),
+                "stats": self.vm.stats() if self.vm is not None else None,
+                "heavy_modules": [m for m in HEAVY_MODULES if m in sys.modules]}
+
+    def op_start(self) -> dict:
+        self._need(control.READY)
+        from .vm import MicroVm     # only now: a VMM that never starts stays small
+        self.vm = MicroVm(self.cfg, vm_id=self.vm_id, console_out=self.console)
+        try:
+            self.vm.start()
+        except Exception as e:
+            log.error("start failed: %s: %s", type(e).__name__, e)
+            self.exit_info = {"reason": "start-failed", "detail": f"{type(e).__name__}: {e}",
+                              "failure": True, "exit_code": 1, "ran": False}
+            raise _OpError(control.FAILED, f"start failed: {e}") from None
+        self.state = control.RUNNING
+        threading.Thread(target=self._wait_vm, name="vm-wait", daemon=True).start()
+        log.info("VM started", extra={})
+        return {"phases": dict(self.vm.phases), "cmdline": self.vm.cmdline}
+
+    def _wait_vm(self) -> None:
+        self.vm.wait()
+        os.write(self.wake_w, b"x")
+
+    def op_pause(self) -> dict:
+        self._need(control.RUNNING)
+        self.vm.pause()
+        self.state = control.PAUSED
+        return {}
+
+    def op_resume(self) -> dict:
+        self._need(control.PAUSED)
+        self.vm.resume()
+        self.state = control.RUNNING
+        return {}
+
+    def op_stop(self, detail: str = "stop requested") -> dict:
+        self._stop(detail)
+        return {}
+
+    def _stop(self, detail: str) -> None:
+        if self.vm is None:     # never started: nothing to tear down
+            self.exit_info = {"reason": "stopped", "detail": detail, "failure": False,
+                              "exit_code": 0, "ran": False}
+        else:
+            self.vm.stop(detail)
+
+    def op_ctrl_alt_del(self) -> dict:
+        self._need(control.RUNNING)
+        return {"sent": bool(self.vm.send_ctrl_alt_del())}
+
+    def op_console_input(self, data: str) -> dict:
+        self._need(control.RUNNING, control.PAUSED)
+        dev = self.vm.console_device()
+        if dev is None:
+            raise _OpError(control.UNSUPPORTED, "the VM has no console device")
+        raw = base64.b64decode(data, validate=True)
+        accepted = dev.console_input(raw)
+        return {"accepted": len(raw) if accepted is None else accepted}
+
+    def op_flush_metrics(self) -> dict:
+        self.write_metrics()
+        return {}
+
+    # -- figures and the end ------------------------------------------------------------
+    def counters(self) -> dict:
+        return {"console_bytes": self.console.written + self.console.dropped,
+                "console_dropped_bytes": self.console.dropped,
+                "log_dropped_lines": self.logs.dropped_writes,
+                "metrics_dropped": self.metrics.dropped_writes}
+
+    def write_metrics(self) -> None:
+        rec = {"time": time.time(), **self.counters()}
+        if self.vm is not None:
+            st = self.vm.stats()
+            rec.update(exits=st["exits"], time_in_kvm=st["time_in_kvm"],
+                       first_run_after=st["first_run_after"])
+        self.metrics.write_line(rec)
+
+    def _finish(self) -> int:
+        self.state = control.EXITING
+        if self.vm is not None and self.exit_info.get("reason") != "start-failed":
+            result = self.vm.shutdown()
+            self.exit_info = {"reason": result.reason.value, "detail": result.detail,
+                              "vcpu": result.vcpu, "failure": result.reason.is_failure,
+                              "exit_code": result.reason.exit_code, "ran": True}
+        log.info("VM exited: %s %s", self.exit_info["reason"], self.exit_info.get("detail", ""))
+        self.write_metrics()
+        write_exit_file(self.args.exit_file, self.exit_info)
+        for c in list(self.clients):
+            self._send(c, {"event": "exited", **self.exit_info})
+        self.close()
+        return int(self.exit_info.get("exit_code", 0))
+
+    def close(self) -> None:
+        for c in list(self.clients):
+            self._drop(c)
+        if self.listener is not None:
+            self.listener.close()
+        for f in (self.console, self.logs, self.metrics):
+            f.close()
+
+
+class _OpError(Exception):
+    def __init__(self, kind: str, msg: str):
+        super().__init__(msg)
+        self.kind = kind
+
+
+def write_exit_file(path: str | None, info: dict) -> None:
+    """Atomically record why the VM ended, for a node service that was not listening."""
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(info, time=time.time()), f)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nodesvc.vmm.process",
+                                description="Run one microVM driven over a control socket.")
+    p.add_argument("--id", required=True, help="VM id")
+    p.add_argument("--config-file", required=True, help="Firecracker-format JSON config")
+    p.add_argument("--control-socket", required=True, help="Unix socket to listen on")
+    p.add_argument("--console-fifo", help="FIFO for the serial console output")
+    p.add_argument("--log-fifo", help="FIFO for JSON log lines")
+    p.add_argument("--metrics-fifo", help="FIFO for JSON metrics records")
+    p.add_argument("--exit-file", help="where to record why the VM ended")
+    p.add_argument("--metrics-interval", type=float, default=10.0,
+                   help="seconds between metrics records (0: only on request and at exit)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    proc = VmmProcess(args)
+    from .config import load_config_file
+    try:
+        cfg = load_config_file(args.config_file)
+    except ConfigError as e:
+        info = {"reason": "config-error", "detail": str(e), "failure": True, "exit_code": 2,
+                "ran": False}
+        write_exit_file(args.exit_file, info)
+        print(f"nodesvc-vmm-process: {e}", file=sys.stderr)
+        return 2
+    proc.open()
+    try:
+        return proc.run(cfg)
+    finally:
+        proc.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
