@@ -61,17 +61,19 @@ class EventLog:
             else:
                 w.queue.put_nowait(ev)
 
-    async def watch(self, since: int = 0) -> AsyncIterator[Event]:
-        """Events after `since` (0: from now on), forever. Raises OutOfRange / Exhausted."""
+    async def watch(self, since: int | None = None) -> AsyncIterator[Event]:
+        """Events after `since` (None: from now on), forever. Raises OutOfRange / Exhausted."""
+        if since is None:
+            since = self.revision
         if since > self.revision:
             raise OutOfRange(f"since_revision {since} is in the future (current revision is "
                              f"{self.revision})")
-        if since and since < self.oldest_missing:
+        if since < self.oldest_missing:
             raise OutOfRange(f"since_revision {since} is older than the retained history "
                              f"(events after {self.oldest_missing} are kept); list the VMs "
                              "and watch from the list's revision")
         w = _Watcher(self._queue_size)
-        backlog = [e for e in self._history if e.revision > since] if since else []
+        backlog = [e for e in self._history if e.revision > since]
         self._watchers.add(w)   # same event-loop step as the backlog copy: no gap, no repeat
         try:
             for ev in backlog:

@@ -59,6 +59,8 @@ class LiveOps:
             if kind == "drive":
                 dev = next(d for d in e.rec.spec["drives"] if d["drive_id"] == device_id)
                 key = "rate_limiter"
+            elif kind == "entropy":
+                dev, key = e.rec.spec["entropy"], "rate_limiter"
             else:
                 iface = device_id.rsplit("/", 1)[0]
                 dev = next(i for i in e.rec.spec["network_interfaces"] if i["iface_id"] == iface)

@@ -163,7 +163,8 @@ class Node(LiveOps):
                                        cwd=paths.run_dir)
             except OSError as err:
                 paths.remove()
-                raise WrongState(f"cannot start VM {vm_id}: spawning its VMM failed: {err}")
+                raise WrongState(f"cannot start VM {vm_id}: spawning its VMM failed: "
+                                 f"{err}") from None
             h = VmmHandle(vm_id, paths, popen.pid, console=e.console, logs=e.logs,
                           on_exit=self._on_vmm_exit, popen=popen)
             h.watch()
@@ -289,7 +290,7 @@ class Node(LiveOps):
                if e.rec.matches(selector) and (not states or e.rec.state in states)]
         return sorted(out, key=lambda r: r.id), self.events.revision
 
-    async def watch(self, since: int = 0, selector: dict | None = None,
+    async def watch(self, since: int | None = None, selector: dict | None = None,
                     vm_id: str = "") -> AsyncIterator[Event]:
         if vm_id:
             specs.check_vm_id(vm_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import platform
 import socket
-import sys
 from importlib import metadata
 
 from .model import VmState

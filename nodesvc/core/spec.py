@@ -11,6 +11,7 @@ for shape first, then refused with Unsupported.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -21,7 +22,8 @@ from ..vmm.errors import ConfigError
 from .errors import InvalidSpec, Unsupported
 
 VM_ID = re.compile(r"[A-Za-z0-9-]{1,64}")        # Firecracker's instance id rule
-DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DRIVE_ID = re.compile(r"[A-Za-z0-9_]{1,64}")         # virtio-blk's (Firecracker's) rule
+IFACE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 LABEL_VALUE_MAX = 255
 MAC = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
@@ -40,7 +42,11 @@ _FC_TO_SPEC = {"machine-config.vcpu_count": "spec.machine.vcpus",
 _DEVICE_SECTIONS = {"drives": ("drives", "virtio-block"),
                     "network_interfaces": ("network-interfaces", "virtio-net"),
                     "vsock": ("vsock", "virtio-vsock"),
+                    "entropy": ("entropy", "virtio-rng"),
                     "metadata_service": ("mmds-config", "the metadata service (MMDS)")}
+# Device plugins name problems by Firecracker key: rename to the spec's fields.
+_FC_PREFIXES = (("drives[", "spec.drives["), ("network-interfaces[", "spec.network_interfaces["),
+                ("vsock", "spec.vsock"), ("entropy", "spec.entropy"))
 
 
 def check_vm_id(vm_id: Any, field: str = "vm_id") -> str:
@@ -123,10 +129,11 @@ def _path(d: dict, key: str, field: str, *, required: bool, must_exist: bool = T
     return p
 
 
-def _unique_id(d: dict, key: str, field: str, seen: set[str]) -> str:
+def _unique_id(d: dict, key: str, field: str, seen: set[str], rule: re.Pattern) -> str:
     v = _str(d, key, field)
-    if not DEVICE_ID.fullmatch(v):
-        raise InvalidSpec(f"{field}.{key}", f"must be 1-64 letters, digits, '_' or '-', got {v!r}")
+    if not rule.fullmatch(v):
+        what = "letters, digits or '_'" if rule is DRIVE_ID else "letters, digits, '_' or '-'"
+        raise InvalidSpec(f"{field}.{key}", f"must be 1-64 {what}, got {v!r}")
     if v in seen:
         raise InvalidSpec(f"{field}.{key}", f"duplicate id {v!r}")
     seen.add(v)
@@ -147,8 +154,10 @@ def rate_limiter(v: Any, field: str) -> dict | None:
     d = _obj(v, field)
     if d is None:
         return None
-    _keys(d, field, ("bandwidth", "ops"))
+    _keys(d, field, ("bandwidth", "ops", "kind"))
     out = {}
+    if _str(d, "kind", field):
+        out["kind"] = d["kind"]
     for name in ("bandwidth", "ops"):
         b = _obj(d.get(name), f"{field}.{name}")
         if b is not None:
@@ -165,7 +174,7 @@ def _drives(v: Any) -> list[dict]:
         d = _obj(d, f, required=True)
         _keys(d, f, ("drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid",
                      "cache_type", "rate_limiter"))
-        drive = {"drive_id": _unique_id(d, "drive_id", f, seen),
+        drive = {"drive_id": _unique_id(d, "drive_id", f, seen, DRIVE_ID),
                  "path_on_host": _path(d, "path_on_host", f, required=True),
                  "is_root_device": _bool(d, "is_root_device", f),
                  "is_read_only": _bool(d, "is_read_only", f),
@@ -190,10 +199,11 @@ def _interfaces(v: Any) -> list[dict]:
         f = f"spec.network_interfaces[{i}]"
         d = _obj(d, f, required=True)
         _keys(d, f, ("iface_id", "host_dev_name", "guest_mac", "rx_rate_limiter",
-                     "tx_rate_limiter"))
-        iface = {"iface_id": _unique_id(d, "iface_id", f, seen),
+                     "tx_rate_limiter", "netns", "mtu"))
+        iface = {"iface_id": _unique_id(d, "iface_id", f, seen, IFACE_ID),
                  "host_dev_name": _str(d, "host_dev_name", f),
-                 "guest_mac": _str(d, "guest_mac", f)}
+                 "guest_mac": _str(d, "guest_mac", f), "netns": _str(d, "netns", f),
+                 "mtu": _int(d, "mtu", f)}
         tap = iface["host_dev_name"]
         if not tap or len(tap) > IFNAMSIZ or "/" in tap or tap.strip() != tap:
             raise InvalidSpec(f"{f}.host_dev_name", f"must be a TAP device name of 1-{IFNAMSIZ} "
@@ -223,6 +233,15 @@ def _vsock(v: Any) -> dict | None:
         raise InvalidSpec(f"{f}.guest_cid", f"must be at least 3 (0-2 are reserved), got {cid}")
     return {"guest_cid": cid, "uds_path": _path(d, "uds_path", f, required=True,
                                                  must_exist=False)}
+
+
+def _entropy(v: Any) -> dict | None:
+    d = _obj(v, "spec.entropy")
+    if d is None:
+        return None
+    _keys(d, "spec.entropy", ("rate_limiter",))
+    rl = rate_limiter(d.get("rate_limiter"), "spec.entropy.rate_limiter")
+    return {"rate_limiter": rl} if rl is not None else {}
 
 
 def _metadata_service(v: Any, ifaces: list[dict]) -> dict | None:
@@ -264,6 +283,7 @@ def normalize(raw: Any, *, host_mem_bytes: int | None = None) -> dict:
            "drives": _drives(spec.get("drives")),
            "network_interfaces": _interfaces(spec.get("network_interfaces"))}
     for key, value in (("vsock", _vsock(spec.get("vsock"))),
+                       ("entropy", _entropy(spec.get("entropy"))),
                        ("metadata_service", _metadata_service(spec.get("metadata_service"),
                                                               out["network_interfaces"]))):
         if value is not None:
@@ -280,18 +300,45 @@ def check_vmm_accepts(spec: dict, *, host_mem_bytes: int | None = None) -> None:
                 vmm_config._unsupported, vmm_config._unsupported_list):
             raise Unsupported(f"spec.{section}: {provider} is not available on this node yet")
     try:
-        vmm_config.parse_config(fc, host_mem_bytes=host_mem_bytes)
+        cfg = vmm_config.parse_config(fc, host_mem_bytes=host_mem_bytes)
     except ConfigError as e:
         path = getattr(e, "path", "")
         field = _FC_TO_SPEC.get(path, path)
         raise InvalidSpec(field, str(e)[len(path) + 2:] if path else str(e)) from None
+    registry = device_registry()
+    for dev in cfg.devices:     # the device plugins' own checks, as the VMM runs them
+        if dev.kind not in registry:
+            raise Unsupported(f"spec: no plugin on this node provides device kind {dev.kind!r}")
+        validate = getattr(registry.get(dev.kind), "validate", None)
+        try:
+            if validate is not None:
+                validate(dev.config)
+        except ConfigError as e:
+            msg = str(e)
+            for fc_prefix, ours in _FC_PREFIXES:
+                if msg.startswith(fc_prefix):
+                    msg = ours + msg[len(fc_prefix):]
+                    break
+            raise InvalidSpec("", msg) from None
+
+
+@functools.lru_cache(maxsize=1)
+def device_registry():
+    """Device kinds of the plugins installed here (the VMM process loads the same ones)."""
+    from ..plugins import PluginManager
+    return PluginManager().device_registry()
 
 
 def _fc_limiter(rl: dict | None) -> dict | None:
     if rl is None:
         return None
-    return {k: {"size": b["size"], "one_time_burst": b["one_time_burst"] or None,
-                "refill_time": b["refill_time_ms"]} for k, b in rl.items()}
+    out: dict = {"kind": rl["kind"]} if rl.get("kind") else {}
+    for k in ("bandwidth", "ops"):
+        if k in rl:
+            b = rl[k]
+            out[k] = {"size": b["size"], "one_time_burst": b["one_time_burst"] or None,
+                      "refill_time": b["refill_time_ms"]}
+    return out
 
 
 def to_firecracker(spec: dict) -> dict:
@@ -317,11 +364,15 @@ def to_firecracker(spec: dict) -> dict:
             {"iface_id": i["iface_id"], "host_dev_name": i["host_dev_name"],
              "guest_mac": i["guest_mac"] or None,
              "rx_rate_limiter": _fc_limiter(i.get("rx_rate_limiter")),
-             "tx_rate_limiter": _fc_limiter(i.get("tx_rate_limiter"))}
+             "tx_rate_limiter": _fc_limiter(i.get("tx_rate_limiter")),
+             **({"netns": i["netns"]} if i["netns"] else {}),
+             **({"mtu": i["mtu"]} if i["mtu"] else {})}
             for i in spec["network_interfaces"]]
     if spec.get("vsock"):
         fc["vsock"] = {"guest_cid": spec["vsock"]["guest_cid"],
                        "uds_path": spec["vsock"]["uds_path"]}
+    if spec.get("entropy") is not None:
+        fc["entropy"] = {"rate_limiter": _fc_limiter(spec["entropy"].get("rate_limiter"))}
     if spec.get("metadata_service"):
         ms = spec["metadata_service"]
         fc["mmds-config"] = {"version": MMDS_VERSIONS[ms["version"]],
@@ -336,4 +387,6 @@ def device_ids(spec: dict) -> dict[str, str]:
     for i in spec.get("network_interfaces", []):
         ids[f"{i['iface_id']}/rx"] = "net-rx"
         ids[f"{i['iface_id']}/tx"] = "net-tx"
+    if spec.get("entropy") is not None:
+        ids["entropy"] = "entropy"
     return ids

@@ -78,13 +78,16 @@ def spawn_vmm(cmd: list[str], *, stderr_path: str, cwd: str | None = None,
 
 
 def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot); None if there's no such pid."""
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot); None if there's no such
+    process or it is a zombie (dead, just not reaped by its new parent yet)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     fields = stat[stat.rfind(b")") + 2:].split()    # comm may contain spaces and ')'
+    if fields[0] in (b"Z", b"X"):
+        return None
     return int(fields[19])
 
 
@@ -95,7 +98,7 @@ def _tail(path: str, lines: int = 3) -> str:
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return " | ".join(l.strip() for l in text.strip().splitlines()[-lines:] if l.strip())
+    return " | ".join(ln.strip() for ln in text.strip().splitlines()[-lines:] if ln.strip())
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,8 @@ class VmmHandle:
         if returncode is not None:
             return ExitInfo(returncode != 0, f"VMM process exited with status {returncode}"
                                              + (f": {tail}" if tail else ""), ran)
-        return ExitInfo(True, "VMM process exited unexpectedly"
+        # Not our child (re-adopted after a node restart): its exit status is unknown.
+        return ExitInfo(True, "VMM process ended without reporting why (killed or crashed)"
                         + (f": {tail}" if tail else ""), ran)
 
     def _release(self) -> None:

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the gRPC node service")
     s.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                   help=f"VM records, run dirs and the default socket (default {DEFAULT_STATE_DIR})")
+                   help="VM records, run dirs and the default socket "
+                        f"(default {DEFAULT_STATE_DIR})")
     s.add_argument("--socket", help="Unix socket path (default <state-dir>/nodesvc.sock)")
     s.add_argument("--listen", metavar="HOST:PORT", help="also serve TCP (mutual TLS)")
     s.add_argument("--tls-cert", help="server certificate (PEM) for --listen")

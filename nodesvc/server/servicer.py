@@ -60,7 +60,8 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
         return pb.ListVmsResponse(vms=[cv.vm_to_proto(r) for r in recs], revision=revision)
 
     async def WatchVms(self, req, context):
-        async for ev in self.node.watch(req.since_revision, dict(req.label_selector), req.vm_id):
+        since = req.since_revision if req.HasField("since_revision") else None
+        async for ev in self.node.watch(since, dict(req.label_selector), req.vm_id):
             yield cv.event_to_proto(ev)
 
     # -- live device changes -------------------------------------------------------------------

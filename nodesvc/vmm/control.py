@@ -40,7 +40,8 @@ OPS = {
 READY, RUNNING, PAUSED, EXITING = "ready", "running", "paused", "exiting"
 
 # Error kinds in failed responses; the node service maps them to its domain errors.
-WRONG_STATE, BAD_REQUEST, UNSUPPORTED, FAILED = "wrong-state", "bad-request", "unsupported", "failed"
+WRONG_STATE, BAD_REQUEST = "wrong-state", "bad-request"
+UNSUPPORTED, FAILED = "unsupported", "failed"
 
 
 class ProtocolError(Exception):

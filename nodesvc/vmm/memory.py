@@ -68,7 +68,10 @@ class GuestMemory:
         raise GuestMemoryError(f"guest range [{gpa:#x}, {gpa + length:#x}) is outside guest memory")
 
     def contains(self, gpa: int, length: int = 1) -> bool:
-        return any(r.guest_addr <= gpa and gpa + length <= r.end for r in self.regions)
+        for r in self.regions:
+            if r.guest_addr <= gpa and gpa + length <= r.end:
+                return True
+        return False
 
     @property
     def top_of_low_ram(self) -> int:

@@ -146,7 +146,7 @@ class VmmProcess:
     def run(self, cfg) -> int:
         self.cfg = cfg
         self._signalled = None
-        log.info("VMM process ready", extra={})
+        log.info("VMM process ready")
         interval = self.args.metrics_interval
         next_metrics = time.monotonic() + interval if interval > 0 else None
         while self.exit_info is None:
@@ -260,7 +260,7 @@ class VmmProcess:
             raise _OpError(control.FAILED, f"start failed: {e}") from None
         self.state = control.RUNNING
         threading.Thread(target=self._wait_vm, name="vm-wait", daemon=True).start()
-        log.info("VM started", extra={})
+        log.info("VM started")
         return {"phases": dict(self.vm.phases), "cmdline": self.vm.cmdline}
 
     def _wait_vm(self) -> None:
@@ -280,8 +280,7 @@ class VmmProcess:
         return {}
 
     def op_stop(self, detail: str = "stop requested") -> dict:
-        self._stop(detail)
-        return {}
+        return self._stop(detail) or {}
 
     def _stop(self, detail: str) -> None:
         if self.vm is None:     # never started: nothing to tear down
@@ -304,8 +303,7 @@ class VmmProcess:
         return {"accepted": len(raw) if accepted is None else accepted}
 
     def op_flush_metrics(self) -> dict:
-        self.write_metrics()
-        return {}
+        return self.write_metrics() or {}
 
     # -- figures and the end ------------------------------------------------------------
     def counters(self) -> dict:

@@ -24,6 +24,7 @@ from .exits import ExitReason, VmExit
 from .irq import IrqFdLine
 from .kvm import Kvm
 from .memory import GuestMemory
+from .ratelimit import limiter_builder
 from .vcpu import VcpuThread, install_kick_handler
 from .virtio import VirtioMmioTransport, constants as V
 
@@ -122,7 +123,9 @@ class MicroVm:
                             mmio_bus=self.mmio_bus, event_loop=self.loop,
                             irq_line=self._irq_line, console_out=self.console_out,
                             request_exit=self.request_exit,
-                            add_virtio_device=self._add_virtio_device)
+                            add_virtio_device=self._add_virtio_device,
+                            rate_limiter=limiter_builder(self._plugins.rate_limiter_registry(),
+                                                         self.loop))
         self._ctx = ctx
         for n, (kind, cfg) in enumerate(specs):
             name = kind if kind not in self.devices else f"{kind}{n}"

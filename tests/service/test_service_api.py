@@ -112,14 +112,46 @@ def test_create_rejects_missing_spec_and_bad_labels(stub, kernel):
            "labels")
 
 
-def test_devices_without_a_vmm_implementation_are_unimplemented(stub, kernel):
-    req = pb.CreateVmRequest(vm_id="with-vsock", spec=spec_with(
-        kernel, vsock=pb.Vsock(guest_cid=3, uds_path="/tmp/nsvc-v.sock")))
-    if vmm_config.SECTIONS["vsock"] is vmm_config._unsupported:
-        expect(C.UNIMPLEMENTED, stub.CreateVm, req, "spec.vsock", "not available")
-    else:   # the device has landed: the same request now works
+def test_features_without_an_implementation_are_unimplemented(stub, kernel):
+    spec = spec_with(kernel, network_interfaces=[pb.NetworkInterface(iface_id="eth0",
+                                                                     host_dev_name="tap-ns0")])
+    spec.metadata_service.CopyFrom(pb.MetadataServiceConfig(network_interfaces=["eth0"]))
+    req = pb.CreateVmRequest(vm_id="with-mmds", spec=spec)
+    if vmm_config.SECTIONS["mmds-config"] is vmm_config._unsupported:
+        expect(C.UNIMPLEMENTED, stub.CreateVm, req, "spec.metadata_service", "not available")
+    else:   # the metadata service has landed: the same request now works
         stub.CreateVm(req)
-        stub.DeleteVm(pb.DeleteVmRequest(vm_id="with-vsock"))
+        stub.DeleteVm(pb.DeleteVmRequest(vm_id="with-mmds"))
+
+
+def test_device_plugins_validate_their_sections(stub, kernel):
+    spec = spec_with(kernel, network_interfaces=[pb.NetworkInterface(
+        iface_id="eth0", host_dev_name="tap-ns0", mtu=10)])
+    expect(C.INVALID_ARGUMENT, stub.CreateVm, pb.CreateVmRequest(vm_id="bad-mtu", spec=spec),
+           "spec.network_interfaces[eth0].mtu")
+
+
+def test_stopped_vm_device_updates_edit_the_spec(stub, kernel, tmp_path):
+    disk, disk2 = tmp_path / "a.img", tmp_path / "b.img"
+    for d in (disk, disk2):
+        d.write_bytes(bytes(4096))
+    spec = spec_with(kernel, drives=[pb.Drive(drive_id="data", path_on_host=str(disk))])
+    stub.CreateVm(pb.CreateVmRequest(vm_id="drive-vm", spec=spec))
+    rev = stub.ListVms(pb.ListVmsRequest()).revision
+    vm = stub.UpdateDrive(pb.UpdateDriveRequest(vm_id="drive-vm", drive_id="data",
+                                                path_on_host=str(disk2))).vm
+    assert vm.spec.drives[0].path_on_host == str(disk2)
+    expect(C.INVALID_ARGUMENT, stub.UpdateDrive,
+           pb.UpdateDriveRequest(vm_id="drive-vm", drive_id="data", path_on_host="rel.img"),
+           "path_on_host")
+    limiter = pb.RateLimiter(ops=pb.TokenBucket(size=100, refill_time_ms=1000))
+    vm = stub.UpdateRateLimiter(pb.UpdateRateLimiterRequest(
+        vm_id="drive-vm", device_id="data", rate_limiter=limiter)).vm
+    assert vm.spec.drives[0].rate_limiter == limiter
+    events = stub.WatchVms(pb.WatchVmsRequest(since_revision=rev, vm_id="drive-vm"), timeout=5)
+    assert [next(events).type for _ in range(2)] == [pb.VmEvent.TYPE_UPDATED] * 2
+    events.cancel()
+    stub.DeleteVm(pb.DeleteVmRequest(vm_id="drive-vm"))
 
 
 def test_create_get_list_delete(stub, kernel):
@@ -231,3 +263,14 @@ def test_node_info(stub, kernel):
     assert info.versions["api"] == "nodesvc.v1" and info.versions["python"]
     assert {"serial", "i8042"} <= {p.name for p in info.plugins}
     stub.DeleteVm(pb.DeleteVmRequest(vm_id="info-vm"))
+
+
+def test_start_rechecks_the_spec(stub, kernel, tmp_path):
+    moved = tmp_path / "vmlinux"
+    moved.write_bytes(open(kernel, "rb").read())
+    stub.CreateVm(pb.CreateVmRequest(vm_id="moved-kernel", spec=vm_spec(str(moved))))
+    moved.unlink()
+    expect(C.FAILED_PRECONDITION, stub.StartVm, pb.StartVmRequest(vm_id="moved-kernel"),
+           "spec.boot.kernel_path", "No such file")
+    assert stub.GetVm(pb.GetVmRequest(vm_id="moved-kernel")).vm.state == pb.VM_STATE_CREATED
+    stub.DeleteVm(pb.DeleteVmRequest(vm_id="moved-kernel"))

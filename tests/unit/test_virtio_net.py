@@ -6,17 +6,17 @@ import socket
 import struct
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.memory import GuestMemory
-from nodesvc.vmm.ratelimit import TokenType
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
 from nodesvc.vmm.virtio.driver import CountingIrq, GuestDriver
 from nodesvc.vmm.virtio.queue import _DESC
 from nodesvc_virtio_net import VirtioNet, parse_config
 from nodesvc_virtio_net import constants as C
 from nodesvc_virtio_net.plugin import validate
-from nodesvc_virtio_net.testing import ManualLoop
+from nodesvc_virtio_net.testing import FakeLimiter, ManualLoop
 from virtio_conformance import VirtioConformance
 
 MAC = bytes.fromhex("06000ac10002")
@@ -37,41 +37,6 @@ class PairTap:
     def close(self):
         self.sock.close()
         self.peer.close()
-
-
-class FakeLimiter:
-    """Budgets per token type (None = unlimited); refill() unblocks and runs the wake-up."""
-
-    def __init__(self, loop, ops=None, nbytes=None):
-        self.loop, self.budget = loop, {TokenType.OPS: ops, TokenType.BYTES: nbytes}
-        self.wakeup, self.updates, self.closed, self.blocked = None, [], False, False
-
-    def consume(self, tokens, token_type):
-        left = self.budget[token_type]
-        if self.blocked or (left is not None and tokens > left):
-            self.blocked = True
-            return False
-        if left is not None:
-            self.budget[token_type] = left - tokens
-        return True
-
-    def manual_replenish(self, tokens, token_type):
-        if self.budget[token_type] is not None:
-            self.budget[token_type] += tokens
-
-    def set_wakeup(self, cb):
-        self.wakeup = cb
-
-    def update(self, config):
-        self.updates.append(config)
-
-    def close(self):
-        self.closed = True
-
-    def refill(self, ops=None, nbytes=None):
-        self.budget = {TokenType.OPS: ops, TokenType.BYTES: nbytes}
-        self.blocked = False
-        self.loop.call_soon(self.wakeup)
 
 
 # --- config ------------------------------------------------------------------------------
@@ -120,6 +85,13 @@ def test_validate_requires(missing):
     del cfg[missing]
     with pytest.raises(ConfigError, match=f"{missing}: required"):
         validate(cfg)
+
+
+def test_registered_kind_validates_before_the_vm_exists():
+    from nodesvc.plugins import PluginManager
+    factory = PluginManager().device_registry().get("virtio-net")
+    with pytest.raises(ConfigError, match="guest_mac"):
+        factory.validate({**GOOD, "guest_mac": "nope"})
 
 
 def test_validate_refuses_non_object():
@@ -244,10 +216,10 @@ def test_hostile_rx_chain_from_tap_wakeup_fails_device_quietly(pair):
 
 def test_update_rate_limiters(pair):
     make, _, _, loop = pair
-    existing = FakeLimiter(loop)
+    existing = FakeLimiter()
     built = []
     dev, _, _ = make(tx_limiter=existing,
-                     limiter_factory=lambda cfg: built.append(cfg) or FakeLimiter(loop))
+                     limiter_factory=lambda cfg: built.append(cfg) or FakeLimiter())
     dev.update_rate_limiters(rx={"ops": {"size": 5, "refill_time": 100}},
                              tx={"bandwidth": {"size": 1, "refill_time": 1}})
     assert existing.updates == [{"bandwidth": {"size": 1, "refill_time": 1}}]
@@ -255,3 +227,67 @@ def test_update_rate_limiters(pair):
     loop.run_once()
     dev.close()
     assert existing.closed and dev.rx_limiter.closed
+
+
+def test_rx_header_split_across_descriptors(pair):
+    make, mem, tap, loop = pair
+    dev, t, drv = make(features=(1 << V.F_VERSION_1))  # no GUEST_CSUM: flags must be cleared
+    rxq = drv.queues[C.RX_QUEUE]
+    a, b = drv.alloc(5), drv.alloc(2048)
+    rxq.add([], [(a, 5), (b, 2048)])
+    rxq.kick()
+    tap.peer.send(bytes([2]) + bytes(11) + b"payload")
+    loop.run_until(lambda: dev.stats.rx_packets == 1)
+    got = mem.read(a, 5) + mem.read(b, 14)
+    assert got[0] == 0 and got[10:12] == b"\x01\x00" and got[12:] == b"payload"
+    assert [n for _, n in rxq.take_used()] == [19]
+
+
+# --- property: any buffer layout gets the frame intact, or a counted drop -----------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(layouts=st.lists(st.lists(st.integers(1, 3000), min_size=1, max_size=4),
+                        min_size=1, max_size=5),
+       size=st.integers(0, 8000), mergeable=st.booleans(), data=st.randoms())
+def test_rx_scatter_property(layouts, size, mergeable, data):
+    mem, tap, loop = GuestMemory(8 << 20), PairTap(), ManualLoop()
+    feats = (1 << V.F_VERSION_1) | (1 << C.F_GUEST_CSUM) | (mergeable << C.F_MRG_RXBUF)
+    dev = VirtioNet(tap, loop)
+    t = VirtioMmioTransport(dev, memory=mem, irq=CountingIrq(), event_loop=loop)
+    try:
+        drv = GuestDriver(t, mem)
+        drv.init(features=feats)
+        rxq = drv.queues[C.RX_QUEUE]
+        bufs = {}
+        for layout in layouts:
+            parts = [(drv.alloc(n), n) for n in layout]
+            bufs[rxq.add([], parts)] = parts
+        rxq.kick()
+        frame = bytes([1]) + bytes(11) + data.randbytes(size)
+        tap.peer.send(frame)
+        loop.run_until(lambda: dev.stats.rx_packets or dev.stats.rx_dropped or dev.rx.pending
+                       or dev.stats.rx_bad_buffers == len(layouts))
+        used = rxq.take_used()
+        got = b"".join(mem.read(a, n) for h, k in used for a, n in _take(bufs[h], k))
+        caps = [sum(layout) for layout in layouts]
+        first = next((i for i, c in enumerate(caps) if c >= 12), None)  # holds the header
+        room = 0 if first is None else sum(caps[first:]) if mergeable else caps[first]
+        fits = first is not None and room >= len(frame)
+        if dev.stats.rx_packets:
+            assert fits and got[12:] == frame[12:] and got[0] == 1
+            assert struct.unpack_from("<H", got, 10)[0] == len([k for _, k in used if k])
+        else:
+            assert not fits and t.failure is None
+    finally:
+        t.close()
+        loop.close()
+        mem.close()
+
+
+def _take(parts, k):
+    for addr, n in parts:
+        if k <= 0:
+            return
+        yield addr, min(n, k)
+        k -= n

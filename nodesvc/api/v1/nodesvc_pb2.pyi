@@ -31,20 +31,22 @@ VM_STATE_STOPPED: VmState
 VM_STATE_FAILED: VmState
 
 class VmSpec(_message.Message):
-    __slots__ = ("machine", "boot", "drives", "network_interfaces", "vsock", "metadata_service")
+    __slots__ = ("machine", "boot", "drives", "network_interfaces", "vsock", "metadata_service", "entropy")
     MACHINE_FIELD_NUMBER: _ClassVar[int]
     BOOT_FIELD_NUMBER: _ClassVar[int]
     DRIVES_FIELD_NUMBER: _ClassVar[int]
     NETWORK_INTERFACES_FIELD_NUMBER: _ClassVar[int]
     VSOCK_FIELD_NUMBER: _ClassVar[int]
     METADATA_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
     machine: MachineConfig
     boot: BootSource
     drives: _containers.RepeatedCompositeFieldContainer[Drive]
     network_interfaces: _containers.RepeatedCompositeFieldContainer[NetworkInterface]
     vsock: Vsock
     metadata_service: MetadataServiceConfig
-    def __init__(self, machine: _Optional[_Union[MachineConfig, _Mapping]] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., drives: _Optional[_Iterable[_Union[Drive, _Mapping]]] = ..., network_interfaces: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ..., vsock: _Optional[_Union[Vsock, _Mapping]] = ..., metadata_service: _Optional[_Union[MetadataServiceConfig, _Mapping]] = ...) -> None: ...
+    entropy: Entropy
+    def __init__(self, machine: _Optional[_Union[MachineConfig, _Mapping]] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., drives: _Optional[_Iterable[_Union[Drive, _Mapping]]] = ..., network_interfaces: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ..., vsock: _Optional[_Union[Vsock, _Mapping]] = ..., metadata_service: _Optional[_Union[MetadataServiceConfig, _Mapping]] = ..., entropy: _Optional[_Union[Entropy, _Mapping]] = ...) -> None: ...
 
 class MachineConfig(_message.Message):
     __slots__ = ("vcpus", "memory_mib", "smt")
@@ -67,12 +69,14 @@ class BootSource(_message.Message):
     def __init__(self, kernel_path: _Optional[str] = ..., initrd_path: _Optional[str] = ..., boot_args: _Optional[str] = ...) -> None: ...
 
 class RateLimiter(_message.Message):
-    __slots__ = ("bandwidth", "ops")
+    __slots__ = ("bandwidth", "ops", "kind")
     BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     bandwidth: TokenBucket
     ops: TokenBucket
-    def __init__(self, bandwidth: _Optional[_Union[TokenBucket, _Mapping]] = ..., ops: _Optional[_Union[TokenBucket, _Mapping]] = ...) -> None: ...
+    kind: str
+    def __init__(self, bandwidth: _Optional[_Union[TokenBucket, _Mapping]] = ..., ops: _Optional[_Union[TokenBucket, _Mapping]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class TokenBucket(_message.Message):
     __slots__ = ("size", "one_time_burst", "refill_time_ms")
@@ -111,18 +115,28 @@ class Drive(_message.Message):
     def __init__(self, drive_id: _Optional[str] = ..., path_on_host: _Optional[str] = ..., is_root_device: _Optional[bool] = ..., is_read_only: _Optional[bool] = ..., partuuid: _Optional[str] = ..., cache_type: _Optional[_Union[Drive.CacheType, str]] = ..., rate_limiter: _Optional[_Union[RateLimiter, _Mapping]] = ...) -> None: ...
 
 class NetworkInterface(_message.Message):
-    __slots__ = ("iface_id", "host_dev_name", "guest_mac", "rx_rate_limiter", "tx_rate_limiter")
+    __slots__ = ("iface_id", "host_dev_name", "guest_mac", "rx_rate_limiter", "tx_rate_limiter", "netns", "mtu")
     IFACE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_DEV_NAME_FIELD_NUMBER: _ClassVar[int]
     GUEST_MAC_FIELD_NUMBER: _ClassVar[int]
     RX_RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
     TX_RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
     iface_id: str
     host_dev_name: str
     guest_mac: str
     rx_rate_limiter: RateLimiter
     tx_rate_limiter: RateLimiter
-    def __init__(self, iface_id: _Optional[str] = ..., host_dev_name: _Optional[str] = ..., guest_mac: _Optional[str] = ..., rx_rate_limiter: _Optional[_Union[RateLimiter, _Mapping]] = ..., tx_rate_limiter: _Optional[_Union[RateLimiter, _Mapping]] = ...) -> None: ...
+    netns: str
+    mtu: int
+    def __init__(self, iface_id: _Optional[str] = ..., host_dev_name: _Optional[str] = ..., guest_mac: _Optional[str] = ..., rx_rate_limiter: _Optional[_Union[RateLimiter, _Mapping]] = ..., tx_rate_limiter: _Optional[_Union[RateLimiter, _Mapping]] = ..., netns: _Optional[str] = ..., mtu: _Optional[int] = ...) -> None: ...
+
+class Entropy(_message.Message):
+    __slots__ = ("rate_limiter",)
+    RATE_LIMITER_FIELD_NUMBER: _ClassVar[int]
+    rate_limiter: RateLimiter
+    def __init__(self, rate_limiter: _Optional[_Union[RateLimiter, _Mapping]] = ...) -> None: ...
 
 class Vsock(_message.Message):
     __slots__ = ("guest_cid", "uds_path")

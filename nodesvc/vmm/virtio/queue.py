@@ -12,10 +12,11 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import GuestMemoryError, VmmError
-from .constants import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY
+from .constants import AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 
 _DESC = struct.Struct("<QIHH")      # addr, len, flags, next
 _USED_ELEM = struct.Struct("<II")  # id, len
+_U16 = struct.Struct("<H")
 MAX_QUEUE_SIZE = 32768
 
 
@@ -87,10 +88,15 @@ class Virtqueue:
         self.memory, self.event_idx = memory, event_idx
         self.next_avail = self.next_used = 0
         self._signalled_used = None
+        # Ring views are taken once (validated above) so the hot path does no lookups.
+        n = self.size
+        self._desc = memory.view(self.desc_table, 16 * n)
+        self._avail = memory.view(self.avail_ring, 6 + 2 * n)
+        self._used = memory.view(self.used_ring, 6 + 8 * n)
 
     # -- driver → device ----------------------------------------------------------
     def avail_idx(self) -> int:
-        return self.memory.read_u16(self.avail_ring + 2)
+        return _U16.unpack_from(self._avail, 2)[0]
 
     def has_available(self) -> bool:
         return self.avail_idx() != self.next_avail
@@ -103,11 +109,10 @@ class Virtqueue:
             return None
         if pending > self.size:
             raise VirtqueueError(f"available index jumped by {pending} on a queue of {self.size}")
-        slot = self.avail_ring + 4 + 2 * (self.next_avail % self.size)
-        head = self.memory.read_u16(slot)
+        head = _U16.unpack_from(self._avail, 4 + 2 * (self.next_avail % self.size))[0]
         self.next_avail = _u16(self.next_avail + 1)
         if self.event_idx:  # avail_event: ask for a kick when the driver posts past this
-            self.memory.write_u16(self.used_ring + 4 + 8 * self.size, self.next_avail)
+            _U16.pack_into(self._used, 4 + 8 * self.size, self.next_avail)
         return self.parse_chain(head)
 
     def undo_pop(self) -> None:
@@ -118,12 +123,14 @@ class Virtqueue:
         if head >= self.size:
             raise VirtqueueError(f"descriptor index {head} out of range (queue size {self.size})")
         chain = DescriptorChain(head)
-        self._walk(chain, self.desc_table, self.size, head, indirect_ok=True)
+        self._walk(chain, self._desc, self.size, head, indirect_ok=True)
         return chain
 
-    def _walk(self, chain: DescriptorChain, table: int, count: int, index: int,
+    def _walk(self, chain: DescriptorChain, table: memoryview, count: int, index: int,
               indirect_ok: bool) -> None:
         mem = self.memory
+        contains = mem.contains
+        unpack = _DESC.unpack_from
         seen = 0
         while True:
             if index >= count:
@@ -131,21 +138,22 @@ class Virtqueue:
             seen += 1
             if seen > count:
                 raise VirtqueueError("descriptor chain loops or is longer than its table")
-            try:
-                addr, length, flags, nxt = _DESC.unpack_from(mem.view(table + 16 * index, 16))
-            except GuestMemoryError as e:
-                raise VirtqueueError(f"descriptor table unreadable: {e}") from None
+            addr, length, flags, nxt = unpack(table, 16 * index)
             if flags & DESC_F_INDIRECT:
                 if not indirect_ok or not chain_is_empty(chain):
                     raise VirtqueueError("nested or mixed indirect descriptor")
                 if flags & DESC_F_NEXT or length % 16 or not length:
                     raise VirtqueueError(f"bad indirect descriptor (len {length}, flags {flags:#x})")
                 n = length // 16
-                if n > MAX_QUEUE_SIZE or not mem.contains(addr, length):
+                if n > MAX_QUEUE_SIZE or not contains(addr, length):
                     raise VirtqueueError(f"indirect table [{addr:#x}, +{length:#x}) invalid")
-                self._walk(chain, addr, n, 0, indirect_ok=False)
+                try:
+                    indirect = mem.view(addr, length)
+                except GuestMemoryError as e:
+                    raise VirtqueueError(f"indirect table unreadable: {e}") from None
+                self._walk(chain, indirect, n, 0, indirect_ok=False)
                 return
-            if length and not mem.contains(addr, length):
+            if length and not contains(addr, length):
                 raise VirtqueueError(f"buffer [{addr:#x}, +{length:#x}) is outside guest memory")
             d = Descriptor(addr, length, bool(flags & DESC_F_WRITE))
             if d.write:
@@ -160,22 +168,20 @@ class Virtqueue:
 
     # -- device → driver ------------------------------------------------------------
     def add_used(self, head: int, written: int) -> None:
-        mem, n = self.memory, self.size
-        _USED_ELEM.pack_into(mem.view(self.used_ring + 4 + 8 * (self.next_used % n), 8), 0,
-                             head, written)
+        used = self._used
+        _USED_ELEM.pack_into(used, 4 + 8 * (self.next_used % self.size), head, written)
         self.next_used = _u16(self.next_used + 1)
-        mem.write_u16(self.used_ring + 2, self.next_used)  # publish after the element
+        _U16.pack_into(used, 2, self.next_used)  # publish after the element
 
     def needs_interrupt(self) -> bool:
         """Whether the driver wants an interrupt for what was used since the last one."""
-        mem = self.memory
         if not self.event_idx:
-            return not (mem.read_u16(self.avail_ring) & USED_F_NO_NOTIFY)
+            return not (_U16.unpack_from(self._avail, 0)[0] & AVAIL_F_NO_INTERRUPT)
         new, old = self.next_used, self._signalled_used
         self._signalled_used = new
         if old is None:
             return True
-        used_event = mem.read_u16(self.avail_ring + 4 + 2 * self.size)
+        used_event = _U16.unpack_from(self._avail, 4 + 2 * self.size)[0]
         return _u16(new - used_event - 1) < _u16(new - old)
 
     # -- buffer helpers ---------------------------------------------------------------
