@@ -32,6 +32,8 @@ class _InlineLoop:
 
 class VirtioConformance:
     expected_device_id: int = 0
+    #: queues the device drains as soon as the driver kicks them (strict checks apply there)
+    processed_on_kick: tuple[int, ...] = (0,)
 
     def make_device(self, tmp_path):  # pragma: no cover - provided by subclasses
         raise NotImplementedError
@@ -82,33 +84,36 @@ class VirtioConformance:
             q.kick()
         assert not t.failure
 
-    @pytest.mark.parametrize("queue_index", [0, 1, 2])
-    def test_looping_chain_needs_reset(self, rig, queue_index):
+    def test_looping_chain_needs_reset(self, rig):
         mem, dev, t, drv = rig
-        if queue_index >= len(dev.queue_sizes):
-            pytest.skip(f"{type(dev).__name__} has {len(dev.queue_sizes)} queue(s)")
-        drv.init()
-        q = drv.queues[queue_index]
-        buf = drv.alloc(64)
-        _DESC.pack_into(mem.view(q.desc, 16), 0, buf, 64, V.DESC_F_NEXT, 1)
-        _DESC.pack_into(mem.view(q.desc + 16, 16), 0, buf, 64, V.DESC_F_NEXT | V.DESC_F_WRITE, 0)
-        q.post(0)
-        q.kick()
-        assert t.read(V.STATUS, 4) & V.S_NEEDS_RESET
-        drv.init()  # recovers after a driver reset
-        assert t.active and not t.failure
+        for queue_index in range(len(dev.queue_sizes)):
+            drv.init()
+            q = drv.queues[queue_index]
+            buf = drv.alloc(64)
+            _DESC.pack_into(mem.view(q.desc, 16), 0, buf, 64, V.DESC_F_NEXT, 1)
+            _DESC.pack_into(mem.view(q.desc + 16, 16), 0, buf, 64,
+                            V.DESC_F_NEXT | V.DESC_F_WRITE, 0)
+            q.post(0)
+            q.kick()
+            status = t.read(V.STATUS, 4)
+            if queue_index in self.processed_on_kick:
+                assert status & V.S_NEEDS_RESET, f"queue {queue_index}"
+            else:  # queues the device only fills later (rx, events) may not look yet
+                assert status & V.S_NEEDS_RESET or q.take_used() == [], f"queue {queue_index}"
+            drv.init()  # recovers after a driver reset
+            assert t.active and not t.failure
 
-    @pytest.mark.parametrize("queue_index", [0, 1, 2])
-    def test_wild_buffer_address_is_contained(self, rig, queue_index):
+    def test_wild_buffer_address_is_contained(self, rig):
         mem, dev, t, drv = rig
-        if queue_index >= len(dev.queue_sizes):
-            pytest.skip(f"{type(dev).__name__} has {len(dev.queue_sizes)} queue(s)")
-        drv.init()
-        q = drv.queues[queue_index]
-        ok = drv.alloc(64)
-        q.add([(ok, 16)], [(0xFFFF_FFFF_0000, 4096)])
-        q.kick()
-        # a chain naming memory the guest does not have is never completed as if it were
-        # fine: the device needs reset (or, for queues it only fills later, it is untouched)
-        failed = t.read(V.STATUS, 4) & V.S_NEEDS_RESET
-        assert failed or q.take_used() == []
+        for queue_index in range(len(dev.queue_sizes)):
+            drv.init()
+            q = drv.queues[queue_index]
+            ok = drv.alloc(64)
+            q.add([(ok, 16)], [(0xFFFF_FFFF_0000, 4096)])
+            q.kick()
+            # a chain naming memory the guest does not have is never completed as if it
+            # were fine: the device needs reset, or (queues it fills later) it is untouched
+            failed = t.read(V.STATUS, 4) & V.S_NEEDS_RESET
+            if queue_index in self.processed_on_kick:
+                assert failed, f"queue {queue_index}"
+            assert failed or q.take_used() == [], f"queue {queue_index}"

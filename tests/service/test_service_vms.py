@@ -196,3 +196,29 @@ def test_vmm_process_is_lean_and_in_its_own_session(stub, shared_server, guest):
     assert r["ok"] and r["result"]["accepted"] == 1
     stub.StopVm(pb.StopVmRequest(vm_id="lean", force=True), timeout=10)
     stub.DeleteVm(pb.DeleteVmRequest(vm_id="lean"))
+
+
+def test_live_drive_and_rate_limiter_updates(stub, guest, tmp_path):
+    disks = [tmp_path / "a.img", tmp_path / "b.img"]
+    for d in disks:
+        d.write_bytes(bytes(1 << 20))
+    spec = vm_spec(guest("echo"))
+    spec.drives.add(drive_id="data", path_on_host=str(disks[0]))
+    stub.CreateVm(pb.CreateVmRequest(vm_id="live-dev", spec=spec, start=True), timeout=30)
+    vm = stub.UpdateDrive(pb.UpdateDriveRequest(vm_id="live-dev", drive_id="data",
+                                                path_on_host=str(disks[1])), timeout=10).vm
+    assert vm.spec.drives[0].path_on_host == str(disks[1]) and vm.state == ST.VM_STATE_RUNNING
+    limiter = pb.RateLimiter(bandwidth=pb.TokenBucket(size=1 << 20, refill_time_ms=100))
+    vm = stub.UpdateRateLimiter(pb.UpdateRateLimiterRequest(
+        vm_id="live-dev", device_id="data", rate_limiter=limiter), timeout=10).vm
+    assert vm.spec.drives[0].rate_limiter == limiter
+    vm = stub.UpdateRateLimiter(pb.UpdateRateLimiterRequest(vm_id="live-dev",
+                                                            device_id="data"), timeout=10).vm
+    assert not vm.spec.drives[0].HasField("rate_limiter")
+    with pytest.raises(grpc.RpcError) as ei:   # the VMM checks the new file itself
+        stub.UpdateDrive(pb.UpdateDriveRequest(vm_id="live-dev", drive_id="data",
+                                               path_on_host="/proc/self/status"), timeout=10)
+    assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION, ei.value.details()
+    assert "cannot use '/proc/self/status'" in ei.value.details()
+    stub.StopVm(pb.StopVmRequest(vm_id="live-dev", force=True), timeout=10)
+    stub.DeleteVm(pb.DeleteVmRequest(vm_id="live-dev"))

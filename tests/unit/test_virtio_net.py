@@ -103,6 +103,7 @@ def test_validate_refuses_non_object():
 
 class TestConformance(VirtioConformance):
     expected_device_id = V.ID_NET
+    processed_on_kick = (1,)  # TX; RX buffers wait for frames
 
     def make_device(self, tmp_path):
         return VirtioNet(PairTap(), ManualLoop(), mac=MAC, mtu=1500)
