@@ -5,7 +5,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: demo test test-unit test-kvm test-linux setup sysdeps guest bench clean
+.PHONY: demo test test-unit test-kvm test-linux setup sysdeps guest bench proto clean
 
 demo: setup guest
 	$(PY) -m nodesvc.vmm.cli --kernel guest/out/vmlinux --initrd guest/out/initramfs.cpio \
@@ -37,6 +37,10 @@ $(VENV)/.installed: pyproject.toml $(PLUGINS)
 
 guest:
 	bash guest/build.sh
+
+# Regenerate the checked-in gRPC code from proto/ (a test fails when it is stale).
+proto: setup
+	scripts/gen-proto
 
 bench: setup guest
 	$(PY) bench/boot.py

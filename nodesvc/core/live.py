@@ -52,8 +52,11 @@ class LiveOps:
                 raise NotFound(f"VM {vm_id} has no rate-limited device {device_id!r} "
                                f"(devices: {have})")
             rl = specs.rate_limiter(limiter, "rate_limiter")
+            # On a running device "no limiter" means both buckets disabled (size 0).
+            off = {"size": 0, "one_time_burst": 0, "refill_time": 0}
+            fc = specs.fc_limiter(rl) if rl is not None else {"bandwidth": off, "ops": off}
             await self._live_change(e, "update_rate_limiter",
-                                    {"device_id": device_id, "rate_limiter": rl},
+                                    {"device_id": device_id, "rate_limiter": fc},
                                     "rate limiter replacement")
             kind = ids[device_id]
             if kind == "drive":

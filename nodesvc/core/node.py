@@ -17,7 +17,8 @@ from typing import AsyncIterator, Callable
 
 from . import spec as specs
 from .capacity import Capacity
-from .errors import AlreadyExists, InvalidSpec, NotFound, WrongState
+from ..vmm import control
+from .errors import AlreadyExists, InvalidSpec, NotFound, Unsupported, WrongState
 from .events import CREATED, DELETED, STATE_CHANGED, Event, EventLog
 from .fanout import Fanout, byte_fanout, record_fanout
 from .live import LiveOps
@@ -240,10 +241,15 @@ class Node(LiveOps):
             return e.rec
 
     async def _vmm_op(self, e: VmEntry, op: str, **args) -> dict:
+        if e.handle is None:
+            raise WrongState(f"VM {e.rec.id} has no VMM process (it is {e.rec.state.value})")
         try:
             return await e.handle.request(op, **args)
         except VmmRequestError as err:
-            raise WrongState(f"VM {e.rec.id}: {op} failed: {err}") from None
+            cls = {control.UNSUPPORTED: Unsupported, control.BAD_REQUEST: InvalidSpec}.get(
+                err.kind, WrongState)
+            msg = f"VM {e.rec.id}: {op} failed: {err}"
+            raise (cls("", msg) if cls is InvalidSpec else cls(msg)) from None
 
     @_shielded
     async def pause_vm(self, vm_id: str) -> VmRecord:

@@ -296,8 +296,7 @@ def check_vmm_accepts(spec: dict, *, host_mem_bytes: int | None = None) -> None:
     """Run the VMM's own config parser on the translated spec (kernel format, sizes...)."""
     fc = to_firecracker(spec)
     for section, (fc_key, provider) in _DEVICE_SECTIONS.items():
-        if spec.get(section) and vmm_config.SECTIONS.get(fc_key) in (
-                vmm_config._unsupported, vmm_config._unsupported_list):
+        if spec.get(section) and not vmm_config.is_implemented(fc_key):
             raise Unsupported(f"spec.{section}: {provider} is not available on this node yet")
     try:
         cfg = vmm_config.parse_config(fc, host_mem_bytes=host_mem_bytes)
@@ -329,7 +328,7 @@ def device_registry():
     return PluginManager().device_registry()
 
 
-def _fc_limiter(rl: dict | None) -> dict | None:
+def fc_limiter(rl: dict | None) -> dict | None:
     if rl is None:
         return None
     out: dict = {"kind": rl["kind"]} if rl.get("kind") else {}
@@ -357,14 +356,14 @@ def to_firecracker(spec: dict) -> dict:
                          "is_root_device": d["is_root_device"], "is_read_only": d["is_read_only"],
                          "partuuid": d["partuuid"] or None,
                          "cache_type": CACHE_TYPES[d["cache_type"]],
-                         "rate_limiter": _fc_limiter(d.get("rate_limiter"))}
+                         "rate_limiter": fc_limiter(d.get("rate_limiter"))}
                         for d in spec["drives"]]
     if spec["network_interfaces"]:
         fc["network-interfaces"] = [
             {"iface_id": i["iface_id"], "host_dev_name": i["host_dev_name"],
              "guest_mac": i["guest_mac"] or None,
-             "rx_rate_limiter": _fc_limiter(i.get("rx_rate_limiter")),
-             "tx_rate_limiter": _fc_limiter(i.get("tx_rate_limiter")),
+             "rx_rate_limiter": fc_limiter(i.get("rx_rate_limiter")),
+             "tx_rate_limiter": fc_limiter(i.get("tx_rate_limiter")),
              **({"netns": i["netns"]} if i["netns"] else {}),
              **({"mtu": i["mtu"]} if i["mtu"] else {})}
             for i in spec["network_interfaces"]]
@@ -372,7 +371,7 @@ def to_firecracker(spec: dict) -> dict:
         fc["vsock"] = {"guest_cid": spec["vsock"]["guest_cid"],
                        "uds_path": spec["vsock"]["uds_path"]}
     if spec.get("entropy") is not None:
-        fc["entropy"] = {"rate_limiter": _fc_limiter(spec["entropy"].get("rate_limiter"))}
+        fc["entropy"] = {"rate_limiter": fc_limiter(spec["entropy"].get("rate_limiter"))}
     if spec.get("metadata_service"):
         ms = spec["metadata_service"]
         fc["mmds-config"] = {"version": MMDS_VERSIONS[ms["version"]],

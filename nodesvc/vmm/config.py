@@ -189,6 +189,11 @@ SECTIONS: dict[str, Callable[[str, Any, dict], None]] = {
 
 # --- public API ------------------------------------------------------------------------
 
+def is_implemented(section: str) -> bool:
+    """Whether this version accepts a non-empty value for a Firecracker config section."""
+    return section in SECTIONS and SECTIONS[section] not in (_unsupported, _unsupported_list)
+
+
 def parse_config(obj: Any, *, host_mem_bytes: int | None = None) -> VmConfig:
     """Build and validate a VmConfig from a decoded Firecracker config-file object."""
     if not isinstance(obj, dict):

@@ -1,4 +1,5 @@
-"""The control protocol between the node service and a VMM process (no grpc here).
+"""The interface between the node service and a VMM process (no grpc here): the control
+protocol, and the writers of the FIFOs the VMM streams its console, logs and metrics on.
 
 Newline-delimited JSON over a Unix stream socket that the VMM listens on. The node
 service connects (again after it restarts); the VMM serves one request at a time.
@@ -17,9 +18,13 @@ before the process exits. A request may carry "trace" (W3C traceparent) for trac
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import os
 import socket
+import threading
 
 PROTOCOL = 1
 MAX_LINE = 1 << 20   # a request or response larger than this is a protocol error
@@ -34,6 +39,9 @@ OPS = {
     "ctrl_alt_del": "inject Ctrl-Alt-Del through the i8042 keyboard",
     "console_input": "feed bytes to the serial console (args: data, base64)",
     "flush_metrics": "write one metrics record now",
+    "update_drive": "swap a drive's backing file (args: drive_id, path_on_host)",
+    "update_rate_limiter": "replace a device's limiter (args: device_id, rate_limiter in "
+                           "Firecracker's format; device_id is a drive_id or <iface_id>/rx|tx)",
 }
 
 # VMM process states as reported in `hello` and `status`.
@@ -101,3 +109,77 @@ class ShortPath:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+# --- FIFOs: console bytes, and JSON lines for logs and metrics ------------------------------
+
+PIPE_BUF = 4096               # writes up to this size are atomic on a pipe
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+log = logging.getLogger("nodesvc.vmm.control")
+
+
+class FifoWriter:
+    """Non-blocking writes to a FIFO; what doesn't fit is dropped and counted."""
+
+    def __init__(self, path: str | None, pipe_size: int | None = None):
+        self.fd = None
+        self.written = self.dropped = self.dropped_writes = 0
+        self._lock = threading.Lock()
+        if path:
+            self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            if pipe_size:
+                try:
+                    fcntl.fcntl(self.fd, _F_SETPIPE_SZ, pipe_size)
+                except OSError:
+                    pass    # above /proc/sys/fs/pipe-max-size: keep the default
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self.fd is None:
+                return
+            try:
+                n = os.write(self.fd, data)
+            except OSError as e:    # EAGAIN: pipe full; anything else: reader gone for good
+                if e.errno not in (errno.EAGAIN, errno.EPIPE):
+                    log.debug("fifo write failed: %s", e)
+                n = 0
+            self.written += n
+            if n < len(data):
+                self.dropped += len(data) - n
+                self.dropped_writes += 1
+
+    def write_line(self, record: dict) -> None:
+        line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+        if len(line) > PIPE_BUF:    # only whole lines are atomic: shorten the message
+            record = dict(record, message=str(record.get("message", ""))[:1024] + "...",
+                          truncated=True)
+            line = json.dumps(record, separators=(",", ":"), default=str).encode()[:PIPE_BUF - 1]
+            line += b"\n"
+        self.write(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+
+class JsonLogHandler(logging.Handler):
+    """Log records as JSON lines on the log FIFO."""
+
+    def __init__(self, fifo: FifoWriter, vm_id: str):
+        super().__init__()
+        self.fifo, self.vm_id = fifo, vm_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.fifo.write_line({"time": record.created, "level": record.levelname,
+                                  "logger": record.name, "message": msg,
+                                  "fields": {"vm_id": self.vm_id, "thread": record.threadName}})
+        except Exception:
+            self.handleError(record)

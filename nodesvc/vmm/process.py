@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -29,79 +27,13 @@ import threading
 import time
 
 from . import control
+from .control import FifoWriter, JsonLogHandler
 from .errors import ConfigError
 
 log = logging.getLogger("nodesvc.vmm.process")
-PIPE_BUF = 4096               # writes up to this size are atomic on a pipe
 CONSOLE_PIPE_SIZE = 1 << 18   # room for a boot's worth of output while the reader is busy
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # Modules whose presence would mean the VMM stopped being lean; reported by `status`.
 HEAVY_MODULES = ("grpc", "google.protobuf", "opentelemetry.exporter")
-
-
-class FifoWriter:
-    """Non-blocking writes to a FIFO; what doesn't fit is dropped and counted."""
-
-    def __init__(self, path: str | None, pipe_size: int | None = None):
-        self.fd = None
-        self.written = self.dropped = self.dropped_writes = 0
-        self._lock = threading.Lock()
-        if path:
-            self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            if pipe_size:
-                try:
-                    fcntl.fcntl(self.fd, _F_SETPIPE_SZ, pipe_size)
-                except OSError:
-                    pass    # above /proc/sys/fs/pipe-max-size: keep the default
-
-    def write(self, data: bytes) -> None:
-        with self._lock:
-            if self.fd is None:
-                return
-            try:
-                n = os.write(self.fd, data)
-            except OSError as e:    # EAGAIN: pipe full; anything else: reader gone for good
-                if e.errno not in (errno.EAGAIN, errno.EPIPE):
-                    log.debug("fifo write failed: %s", e)
-                n = 0
-            self.written += n
-            if n < len(data):
-                self.dropped += len(data) - n
-                self.dropped_writes += 1
-
-    def write_line(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
-        if len(line) > PIPE_BUF:    # only whole lines are atomic: shorten the message
-            record = dict(record, message=str(record.get("message", ""))[:1024] + "...",
-                          truncated=True)
-            line = json.dumps(record, separators=(",", ":"), default=str).encode()[:PIPE_BUF - 1]
-            line += b"\n"
-        self.write(line)
-
-    def close(self) -> None:
-        with self._lock:
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-
-
-class JsonLogHandler(logging.Handler):
-    """Log records as JSON lines on the log FIFO."""
-
-    def __init__(self, fifo: FifoWriter, vm_id: str):
-        super().__init__()
-        self.fifo, self.vm_id = fifo, vm_id
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = record.getMessage()
-            if record.exc_info:
-                msg += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.fifo.write_line({"time": record.created, "level": record.levelname,
-                                  "logger": record.name, "message": msg,
-                                  "fields": {"vm_id": self.vm_id, "thread": record.threadName}})
-        except Exception:
-            self.handleError(record)
 
 
 class Client:
@@ -118,7 +50,7 @@ class VmmProcess:
         self.console = FifoWriter(args.console_fifo, CONSOLE_PIPE_SIZE)
         self.logs = FifoWriter(args.log_fifo)
         self.metrics = FifoWriter(args.metrics_fifo)
-        self.metrics_writes = 0
+        self._signalled: str | None = None
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.clients: list[Client] = []
@@ -145,7 +77,6 @@ class VmmProcess:
     # -- main loop --------------------------------------------------------------------
     def run(self, cfg) -> int:
         self.cfg = cfg
-        self._signalled = None
         log.info("VMM process ready")
         interval = self.args.metrics_interval
         next_metrics = time.monotonic() + interval if interval > 0 else None
@@ -301,6 +232,35 @@ class VmmProcess:
         raw = base64.b64decode(data, validate=True)
         accepted = dev.console_input(raw)
         return {"accepted": len(raw) if accepted is None else accepted}
+
+    # Live device changes (Firecracker's PATCH /drives and /network-interfaces).
+    def _device(self, match, what: str):
+        self._need(control.RUNNING, control.PAUSED)
+        dev = next((d for d in self.vm.devices.values() if match(d)), None)
+        if dev is None:
+            raise _OpError(control.UNSUPPORTED, f"the VM has no {what}")
+        return dev
+
+    def op_update_drive(self, drive_id: str, path_on_host: str) -> dict:
+        dev = self._device(lambda d: getattr(getattr(d, "drive", None), "drive_id", None)
+                           == drive_id and hasattr(d, "update_backing_file"), f"drive {drive_id}")
+        try:
+            dev.update_backing_file(path_on_host)
+        except OSError as e:
+            raise _OpError(control.FAILED, f"cannot use {path_on_host!r}: {e.strerror}") from None
+        return {}
+
+    def op_update_rate_limiter(self, device_id: str, rate_limiter: dict) -> dict:
+        iface, _, which = device_id.rpartition("/")
+        if which in ("rx", "tx") and iface:
+            self._device(lambda d: getattr(d, "name", None) == f"virtio-net:{iface}",
+                         f"network interface {iface}").update_rate_limiters(
+                             **{which: rate_limiter})
+        else:
+            self._device(lambda d: getattr(getattr(d, "drive", None), "drive_id", None)
+                         == device_id and hasattr(d, "update_rate_limiter"),
+                         f"rate-limited device {device_id}").update_rate_limiter(rate_limiter)
+        return {}
 
     def op_flush_metrics(self) -> dict:
         return self.write_metrics() or {}

@@ -265,6 +265,8 @@ class MicroVm:
                 "unhandled_pio": self.pio_bus.unhandled_reads + self.pio_bus.unhandled_writes}
 
     def close(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()  # no callback may run while devices close their fds
         for t in self.transports:
             t.close()
         self.transports = []

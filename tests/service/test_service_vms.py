@@ -222,3 +222,14 @@ def test_live_drive_and_rate_limiter_updates(stub, guest, tmp_path):
     assert "cannot use '/proc/self/status'" in ei.value.details()
     stub.StopVm(pb.StopVmRequest(vm_id="live-dev", force=True), timeout=10)
     stub.DeleteVm(pb.DeleteVmRequest(vm_id="live-dev"))
+
+
+def test_stop_grace_period_is_capped_by_the_rpc_deadline(stub, guest):
+    stub.CreateVm(pb.CreateVmRequest(vm_id="hurried", spec=vm_spec(guest("echo")), start=True),
+                  timeout=30)
+    t0 = time.monotonic()
+    vm = stub.StopVm(pb.StopVmRequest(vm_id="hurried", grace_period=Duration(seconds=60)),
+                     timeout=3).vm
+    assert time.monotonic() - t0 < 3
+    assert vm.state == ST.VM_STATE_STOPPED and "by force after a" in vm.reason, vm.reason
+    stub.DeleteVm(pb.DeleteVmRequest(vm_id="hurried"))

@@ -1,0 +1,41 @@
+"""Plugin glue: registers device kind "boot-timer" (entry point `boot_timer`).
+
+Config: an empty object (the address is fixed so guests can hard-code it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from nodesvc.plugins import hookimpl
+from nodesvc.vmm.errors import ConfigError
+
+from .device import BOOT_TIMER_ADDR, BOOT_TIMER_LEN, BootTimer
+
+KIND = "boot-timer"
+
+
+def validate(config: Mapping[str, Any] | None) -> None:
+    if config is None:
+        return
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"boot-timer: must be an object, got {type(config).__name__}")
+    for key in config:
+        raise ConfigError(f"boot-timer.{key}: unknown key; the boot timer takes no options")
+
+
+def attach(ctx, config: Mapping[str, Any] | None = None) -> BootTimer:
+    """Factory: the clock starts now, during the VM build, before any vCPU runs."""
+    validate(config)
+    dev = BootTimer()
+    ctx.mmio_bus.insert(BOOT_TIMER_ADDR, BOOT_TIMER_LEN, dev)
+    dev.address = BOOT_TIMER_ADDR
+    return dev
+
+
+attach.validate = validate
+
+
+@hookimpl
+def register_devices(registry) -> None:
+    registry.add(KIND, attach)

@@ -1,0 +1,89 @@
+"""Plugin glue: registers device kind "virtio-blk" (entry point `virtio_blk`).
+
+Root device and drive letters. Linux names virtio disks vda, vdb, ... in probe
+order, which is the order of the `virtio_mmio.device=` entries, i.e. attach order
+(the order of `drives[]` in the config; the VMM attaches devices in config order
+and a plugin cannot reorder them). Firecracker instead always attaches the root
+drive first so it is /dev/vda. Here the root drive keeps its place and
+`root=/dev/vd<letter>` names the letter it will actually get (counting the
+virtio-blk devices attached to this VM before it), so the kernel finds it either
+way; only configs that list the root drive later see their other drives on
+different letters than under Firecracker. With `partuuid`, `root=PARTUUID=...`
+is used and the letter does not matter. `ro`/`rw` follows `is_read_only`.
+
+Cross-drive rules (one root device, unique drive_id) need every drive of the VM:
+`validate()` sees one drive at a time, so they are enforced at attach, from
+per-VM state kept on the DeviceContext. That is still before the VM runs (the
+build fails and releases everything) but after KVM state exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from nodesvc.plugins import hookimpl
+from nodesvc.vmm.errors import ConfigError
+from nodesvc.vmm.ratelimit import parse_limiter_config
+
+from .config import parse_drive, validate
+from .device import VirtioBlock
+
+KIND = "virtio-blk"
+_STATE = "_nodesvc_virtio_blk"   # attribute on the DeviceContext: this VM's drives so far
+
+
+def disk_name(index: int) -> str:
+    """Linux's virtio_blk naming: 0 → vda, 25 → vdz, 26 → vdaa."""
+    name = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        name = chr(ord("a") + rem) + name
+    return "vd" + name
+
+
+def _drives_of(ctx) -> dict:
+    state = getattr(ctx, _STATE, None)
+    if state is None:
+        state = {"ids": [], "root": None}
+        setattr(ctx, _STATE, state)
+    return state
+
+
+def attach(ctx, config: Mapping[str, Any]) -> VirtioBlock:
+    """Factory: open the backing file, add the device to the VM, announce the root drive."""
+    drive = parse_drive(config)
+    state = _drives_of(ctx)
+    if drive.drive_id in state["ids"]:
+        raise ConfigError(f"drives[{drive.drive_id}].drive_id: used by another drive")
+    if drive.is_root_device and state["root"] is not None:
+        raise ConfigError(f"drives[{drive.drive_id}].is_root_device: drive "
+                          f"{state['root']!r} is already the root device")
+    limiter = None
+    if parse_limiter_config(drive.rate_limiter):
+        limiter = ctx.rate_limiter(drive.rate_limiter)
+        if limiter is None:
+            ctx.log.warning("drive %s: rate_limiter given but no limiter was built",
+                            drive.drive_id)
+    dev = VirtioBlock(drive, limiter=limiter, limiter_builder=ctx.rate_limiter,
+                      event_loop=ctx.event_loop)
+    try:
+        dev.transport = ctx.add_virtio_device(dev, f"virtio-blk:{drive.drive_id}")
+    except BaseException:
+        dev.close()
+        raise
+    dev.disk_name = disk_name(len(state["ids"]))
+    state["ids"].append(drive.drive_id)
+    if drive.is_root_device:
+        state["root"] = drive.drive_id
+        root = f"PARTUUID={drive.partuuid}" if drive.partuuid else f"/dev/{dev.disk_name}"
+        ctx.cmdline.append(f"root={root} {'ro' if drive.is_read_only else 'rw'}")
+    return dev
+
+
+attach.validate = validate
+
+
+@hookimpl
+def register_devices(registry) -> None:
+    registry.add(KIND, attach)

@@ -1,0 +1,180 @@
+"""The virtio-vsock device (id 19): queues rx 0, tx 1, event 2; config = guest_cid (u64).
+
+Work happens on the event-loop thread: queue kicks (ioeventfds) and host socket
+readiness (the muxer's epoll fd) both end in `_run()`, which forwards guest TX
+packets to the muxer and fills guest RX buffers with what the muxer has pending.
+RX and event buffers are taken off their rings (and validated) as soon as the
+guest posts them, and held until there is something to put in them.
+
+`activate`/`reset` arrive on a vCPU thread (status register writes): they only
+flip `active` and bump a generation; the loop thread does the real work the next
+time it enters, so device state is only ever touched by one thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+
+from nodesvc.vmm.virtio import VirtioDevice, constants as V
+
+from .muxer import Muxer
+from .packet import EVENT_TRANSPORT_RESET, HDR_SIZE, RxBuffer, parse_tx
+
+RX, TX, EVT = 0, 1, 2
+QUEUE_SIZE = 256
+
+
+class VsockDevice(VirtioDevice):
+    device_id = V.ID_VSOCK
+    features = 0  # stream sockets only; the transport offers VIRTIO_F_VERSION_1 itself
+    queue_sizes = (QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE)
+
+    def __init__(self, guest_cid: int, uds_path: str, event_loop, **muxer_options):
+        super().__init__()
+        self.guest_cid = guest_cid
+        self.loop = event_loop
+        self.muxer = Muxer(guest_cid, uds_path, event_loop, on_activity=self._on_host_activity,
+                           **muxer_options)
+        self._generation = self._seen_generation = 0
+        self.memory = None
+        self.active = False
+        self._rx_bufs: collections.deque = collections.deque()
+        self._evt_bufs: collections.deque = collections.deque()
+        self._tx_blocked = False
+        self._reset_event_pending = False
+        self.stats = self.muxer.stats  # one counter set for the whole device
+
+    def config_bytes(self) -> bytes:
+        return struct.pack("<Q", self.guest_cid)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def activate(self, queues, interrupt) -> None:
+        super().activate(queues, interrupt)
+        self.memory = next((q.memory for q in queues if q.ready), None)
+        self.active = True
+        # host connections may have queued REQUESTs before the driver came up
+        self.loop.call_soon(self._on_host_activity)
+
+    def reset(self) -> None:
+        self.active = False
+        self._generation += 1
+        super().reset()
+        self.loop.call_soon(self._catch_up)
+
+    def _catch_up(self) -> None:
+        """Loop thread: forget what belonged to the driver before its last reset."""
+        if self._seen_generation != self._generation:
+            self._seen_generation = self._generation
+            self.muxer.reset()  # the guest's sockets are gone: close their host ends
+            self._rx_bufs.clear()
+            self._evt_bufs.clear()
+            self._tx_blocked = False
+
+    def close(self) -> None:
+        self.active = False
+        self.muxer.close()
+
+    def transport_reset(self) -> None:
+        """After a snapshot restore: drop every stream and tell the driver its transport reset.
+
+        The guest's sockets point at host connections that did not survive; the
+        event (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET) makes Linux reset them all and
+        re-read guest_cid. Call on the event-loop thread.
+        """
+        self._catch_up()
+        self.muxer.reset()
+        self._reset_event_pending = True
+        if self.active:
+            self._deliver_events()
+
+    # -- queue kicks and host activity ----------------------------------------------------
+    def queue_notify(self, index: int) -> None:
+        self._catch_up()
+        if not self.active:
+            return
+        if index == EVT:
+            self._deliver_events()
+        else:
+            self._run()
+
+    def _on_host_activity(self) -> None:
+        self._catch_up()
+        if self.active:
+            self._run()
+
+    def _run(self) -> None:
+        while True:
+            self._process_tx()
+            self._process_rx()
+            # RX just drained replies that were holding TX back: go round again
+            if not (self._tx_blocked and self.muxer.can_accept_tx()):
+                return
+            self._tx_blocked = False
+
+    def _take(self, index: int, held: collections.deque, min_len: int) -> None:
+        """Move newly posted chains of a device-writable queue into `held`."""
+        q = self.queues[index] if index < len(self.queues) else None
+        if q is None or not q.ready:
+            return
+        returned = False
+        while len(held) < q.size:  # a driver cannot legitimately have more outstanding
+            chain = q.pop()
+            if chain is None:
+                break
+            if chain.writable_len < min_len:  # useless for us: hand it straight back
+                q.add_used(chain.head, 0)
+                returned = True
+                self.stats["short_buffers"] += 1
+            else:
+                held.append(chain)
+        if returned:
+            self.interrupt.signal_used(q)
+
+    def _process_tx(self) -> None:
+        q = self.queues[TX]
+        if not q.ready:
+            return
+        used = False
+        while True:
+            if not self.muxer.can_accept_tx():
+                self._tx_blocked = True
+                break
+            chain = q.pop()
+            if chain is None:
+                break
+            parsed = parse_tx(self.memory, chain)
+            if parsed is None:
+                self.stats["bad_packets"] += 1
+            else:
+                self.muxer.from_guest(*parsed)
+            q.add_used(chain.head, 0)  # only now: the payload views pointed into this buffer
+            used = True
+        if used:
+            self.interrupt.signal_used(q)
+
+    def _process_rx(self) -> None:
+        q = self.queues[RX]
+        self._take(RX, self._rx_bufs, HDR_SIZE)
+        if not self.muxer.has_pending() or not q.ready:
+            return
+        used = False
+        while self._rx_bufs:
+            buf = RxBuffer(self.memory, self._rx_bufs[0])
+            hdr = self.muxer.fill(buf)
+            if hdr is None:
+                break
+            self._rx_bufs.popleft()
+            q.add_used(buf.chain.head, buf.finish(hdr))
+            used = True
+        if used:
+            self.interrupt.signal_used(q)
+
+    def _deliver_events(self) -> None:
+        self._take(EVT, self._evt_bufs, 4)
+        if self._reset_event_pending and self._evt_bufs:
+            q, chain = self.queues[EVT], self._evt_bufs.popleft()
+            q.write_chain(chain, struct.pack("<I", EVENT_TRANSPORT_RESET))
+            q.add_used(chain.head, 4)
+            self._reset_event_pending = False
+            self.interrupt.signal_used(q)

@@ -1,0 +1,76 @@
+"""Plugin glue: device kind "vsock" (entry point `vsock`), configured like Firecracker's
+`vsock` object: {"guest_cid": 3, "uds_path": "/run/vm.sock", "vsock_id": "vsock0"}."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any, Mapping
+
+from nodesvc.plugins import hookimpl
+from nodesvc.vmm.errors import ConfigError
+
+from .device import VsockDevice
+
+KIND = "vsock"
+ALLOWED = ("guest_cid", "uds_path", "vsock_id")
+MAX_CID = 0xFFFF_FFFF - 1   # sockaddr_vm.svm_cid is u32 and U32_MAX means "any"
+SUN_PATH_MAX = 107          # sockaddr_un.sun_path minus the terminating NUL
+
+
+def _show(v: Any) -> str:
+    return f"{type(v).__name__} {v!r}"
+
+
+def validate(config: Mapping[str, Any] | None) -> None:
+    """Refuse a bad `vsock` object with one clear line (runs before any KVM state exists)."""
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"vsock: must be an object, got {_show(config)}")
+    for key in config:
+        if key not in ALLOWED:
+            raise ConfigError(f"vsock.{key}: unknown key; allowed: {', '.join(ALLOWED)}")
+    for key in ("guest_cid", "uds_path"):
+        if key not in config:
+            raise ConfigError(f"vsock.{key}: required key is missing")
+    cid = config["guest_cid"]
+    if not isinstance(cid, int) or isinstance(cid, bool) or not 3 <= cid <= MAX_CID:
+        raise ConfigError(f"vsock.guest_cid: must be an integer from 3 to {MAX_CID} "
+                          f"(0-2 are reserved, 2 is the host), got {_show(cid)}")
+    path = config["uds_path"]
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"vsock.uds_path: must be a non-empty string, got {_show(path)}")
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise ConfigError(f"vsock.uds_path: longer than {SUN_PATH_MAX} bytes, "
+                          f"the limit for a Unix socket path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"vsock.uds_path: directory {parent} does not exist")
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ConfigError(f"vsock.uds_path: {path} exists and is not a socket")
+    vid = config.get("vsock_id")
+    if vid is not None and not isinstance(vid, str):
+        raise ConfigError(f"vsock.vsock_id: must be a string, got {_show(vid)}")
+
+
+def attach(ctx, config: Mapping[str, Any]) -> VsockDevice:
+    """Factory: listen on `uds_path` and plug the device into a virtio-mmio slot."""
+    validate(config)
+    try:
+        dev = VsockDevice(config["guest_cid"], config["uds_path"], ctx.event_loop)
+    except OSError as e:
+        raise ConfigError(f"vsock.uds_path: cannot listen on {config['uds_path']}: "
+                          f"{e.strerror or e}") from None
+    try:
+        dev.transport = ctx.add_virtio_device(dev, config.get("vsock_id") or KIND)
+    except BaseException:
+        dev.close()
+        raise
+    return dev
+
+
+attach.validate = validate
+
+
+@hookimpl
+def register_devices(registry) -> None:
+    registry.add(KIND, attach)
