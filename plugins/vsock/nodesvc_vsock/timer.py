@@ -1,25 +1,8 @@
-"""A periodic CLOCK_MONOTONIC timerfd for the muxer's timeouts.
-
-`os.timerfd_create` only exists from Python 3.13, so libc is called through cffi
-in ABI mode (no compiler), as nodesvc.vmm.kvm does for ioctls.
-"""
+"""A periodic timer for the muxer's timeouts (a core `nodesvc.vmm.timerfd.TimerFd`)."""
 
 from __future__ import annotations
 
-import os
-
-import cffi
-
-_ffi = cffi.FFI()
-_ffi.cdef("""
-struct timespec { long tv_sec; long tv_nsec; };
-struct itimerspec { struct timespec it_interval; struct timespec it_value; };
-int timerfd_create(int clockid, int flags);
-int timerfd_settime(int fd, int flags, const struct itimerspec *new_value,
-                    struct itimerspec *old_value);
-""")
-_libc = _ffi.dlopen(None)
-CLOCK_MONOTONIC = 1
+from nodesvc.vmm.timerfd import TimerFd
 
 
 class TickTimer:
@@ -28,19 +11,12 @@ class TickTimer:
     def __init__(self, period: float):
         self.period = period
         self.armed = False
-        self.fd = _libc.timerfd_create(CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            err = _ffi.errno
-            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
+        self._timer = TimerFd()
+        self.fd = self._timer.fd
 
     def _set(self, seconds: float) -> None:
-        spec = _ffi.new("struct itimerspec *")
-        sec, nsec = int(seconds), int((seconds - int(seconds)) * 1e9)
-        spec.it_interval.tv_sec = spec.it_value.tv_sec = sec
-        spec.it_interval.tv_nsec = spec.it_value.tv_nsec = nsec
-        if _libc.timerfd_settime(self.fd, 0, spec, _ffi.NULL) < 0:
-            err = _ffi.errno
-            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+        ns = int(seconds * 1e9)
+        self._timer.set(ns, ns)
 
     def arm(self) -> None:
         if not self.armed:
@@ -53,12 +29,8 @@ class TickTimer:
             self.armed = False
 
     def consume(self) -> None:
-        try:
-            os.read(self.fd, 8)
-        except BlockingIOError:
-            pass
+        self._timer.clear()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._timer.close()
+        self.fd = -1
