@@ -5,9 +5,14 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: demo test test-unit test-kvm test-linux setup sysdeps guest bench proto clean
+.PHONY: demo vmm-demo test test-unit test-kvm test-linux setup sysdeps guest bench proto clean
 
+# The main job: a node service booting the default guest through the Python client.
 demo: setup guest
+	scripts/demo $(PY)
+
+# The VMM alone, without the node service.
+vmm-demo: setup guest
 	$(PY) -m nodesvc.vmm.cli --kernel guest/out/vmlinux --initrd guest/out/initramfs.cpio \
 	    --vcpus 2 --mem-mib 256
 
@@ -29,10 +34,12 @@ setup: sysdeps $(VENV)/.installed
 sysdeps:
 	@scripts/install-sysdeps
 
-$(VENV)/.installed: pyproject.toml $(PLUGINS)
+# The client is installed in the same pip call as `-e .` so its `nodesvc` requirement is
+# met by this checkout, never looked up on PyPI.
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml $(PLUGINS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
+	$(PY) -m pip install --quiet -e '.[test]' -e ./clients/python $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
 	touch $@
 
 guest:
@@ -44,6 +51,10 @@ proto: setup
 
 bench: setup guest
 	$(PY) bench/boot.py
+	$(PY) bench/virtio_blk.py
+	$(PY) bench/virtio_net.py
+	$(PY) bench/vsock.py
+	$(PY) bench/node.py
 
 clean:
 	rm -rf $(VENV) tests/guests/out

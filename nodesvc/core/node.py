@@ -17,6 +17,7 @@ from typing import AsyncIterator, Callable
 
 from . import spec as specs
 from .capacity import Capacity
+from .. import tracing as tr
 from ..vmm import control
 from .errors import AlreadyExists, InvalidSpec, NotFound, Unsupported, WrongState
 from .events import CREATED, DELETED, STATE_CHANGED, Event, EventLog
@@ -45,6 +46,7 @@ class NodeConfig:
     # The jailer slots in by wrapping the command (and/or replacing spawn).
     command: Callable[..., list[str]] | None = None
     spawn: Callable[..., object] = spawn_vmm
+    tracing: tr.Tracing | None = None    # None: tracing off (and free)
 
 
 class VmEntry:
@@ -156,41 +158,49 @@ class Node(LiveOps):
             paths = RunPaths(self.store.run_dir(vm_id))
             paths.prepare(specs.to_firecracker(e.rec.spec))
             e.fresh_streams()
-            command = self.cfg.command or functools.partial(
-                vmm_command, metrics_interval=self.cfg.vmm_metrics_interval_s,
-                log_level=self.cfg.vmm_log_level)
-            try:
-                popen = self.cfg.spawn(command(vm_id, paths), stderr_path=paths.stderr,
-                                       cwd=paths.run_dir)
-            except OSError as err:
-                paths.remove()
-                raise WrongState(f"cannot start VM {vm_id}: spawning its VMM failed: "
-                                 f"{err}") from None
-            h = VmmHandle(vm_id, paths, popen.pid, console=e.console, logs=e.logs,
-                          on_exit=self._on_vmm_exit, popen=popen)
-            h.watch()
-            e.handle = h
-            e.rec.vmm = VmmInfo(popen.pid, h.start_time, paths.run_dir)
-            e.rec.start_count += 1
-            self._set_state(e, S.STARTING)
-            why = "VMM process did not answer on its control socket"
-            if await h.connect():
-                try:
-                    await h.request("start", timeout=60.0)
-                    h.started = True
-                except VmmRequestError as err:
-                    why = f"start failed: {err}"
-            if h.started:
-                if e.rec.state is S.STARTING:
-                    self._set_state(e, S.RUNNING)
-                return e.rec
-            # The VMM exits by itself after a failed start (and says why); make sure it does.
-            await asyncio.wait([h.done], timeout=5.0)
-            if not h.done.done():
-                h.fail_reason = why
-                h.kill()
-            info = await h.done
-            raise WrongState(f"VM {vm_id} failed to start: {info.reason}")
+            with tr.vmm_start(self.cfg.tracing, vm_id) as trace:
+                h = self._spawn(e, paths, trace)
+                why = "VMM process did not answer on its control socket"
+                if await h.connect():
+                    try:
+                        trace.started(await h.request("start", timeout=60.0,
+                                                      trace=trace.traceparent))
+                        h.started = True
+                    except VmmRequestError as err:
+                        why = f"start failed: {err}"
+                if h.started:
+                    if e.rec.state is S.STARTING:
+                        self._set_state(e, S.RUNNING)
+                    return e.rec
+                # The VMM exits by itself after a failed start (and says why); make sure.
+                await asyncio.wait([h.done], timeout=5.0)
+                if not h.done.done():
+                    h.fail_reason = why
+                    h.kill()
+                info = await h.done
+                raise WrongState(f"VM {vm_id} failed to start: {info.reason}")
+
+    def _spawn(self, e: VmEntry, paths: RunPaths, trace) -> VmmHandle:
+        command = self.cfg.command or functools.partial(
+            vmm_command, metrics_interval=self.cfg.vmm_metrics_interval_s,
+            log_level=self.cfg.vmm_log_level)
+        trace.before_spawn()
+        try:
+            popen = self.cfg.spawn(command(e.rec.id, paths), stderr_path=paths.stderr,
+                                   cwd=paths.run_dir)
+        except OSError as err:
+            paths.remove()
+            raise WrongState(f"cannot start VM {e.rec.id}: spawning its VMM failed: "
+                             f"{err}") from None
+        trace.spawned(popen.pid)
+        h = VmmHandle(e.rec.id, paths, popen.pid, console=e.console, logs=e.logs,
+                      on_exit=self._on_vmm_exit, popen=popen, tracing=self.cfg.tracing)
+        h.watch()
+        e.handle = h
+        e.rec.vmm = VmmInfo(popen.pid, h.start_time, paths.run_dir)
+        e.rec.start_count += 1
+        self._set_state(e, S.STARTING)
+        return h
 
     def _on_vmm_exit(self, h: VmmHandle, info: ExitInfo) -> None:
         e = self.vms.get(h.vm_id)

@@ -53,7 +53,7 @@ async def _recover_one(node, e) -> None:
         _end(node, e, state, reason)
         return
     h = VmmHandle(rec.id, paths, info.pid, console=e.console, logs=e.logs,
-                  on_exit=node._on_vmm_exit)
+                  on_exit=node._on_vmm_exit, tracing=node.cfg.tracing)
     e.handle = h
     h.watch()
     if not await h.connect(timeout=3.0):

@@ -3,14 +3,12 @@ notice at once when it ends.
 
 Exit detection uses a pidfd (readable the moment the process exits), which works for our
 own children and for processes re-adopted after a node service restart alike. The FIFOs
-are opened O_RDWR on this side too, so a reader never sees EOF while the VMM is being
-restarted around and the pipe contents survive a node service restart.
+are read by fifos.FifoReaders.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
@@ -23,6 +21,7 @@ from typing import Callable
 
 from ..vmm import control
 from .fanout import Fanout
+from .fifos import FifoReaders
 from .vmm_client import ControlClient, VmmRequestError
 
 log = logging.getLogger("nodesvc.core.supervisor")
@@ -113,8 +112,10 @@ class VmmHandle:
 
     def __init__(self, vm_id: str, paths: RunPaths, pid: int, *, console: Fanout,
                  logs: Fanout, on_exit: Callable[["VmmHandle", ExitInfo], None],
-                 popen: subprocess.Popen | None = None):
+                 popen: subprocess.Popen | None = None, tracing=None):
         self.vm_id, self.paths, self.pid, self.popen = vm_id, paths, pid, popen
+        self.tracing = tracing      # nodesvc.tracing.Tracing, for spans the VMM sends late
+        self.boot_time: float | None = None     # seconds, when a boot-timer device fired
         self.console, self.logs, self.on_exit = console, logs, on_exit
         self.start_time = process_start_time(pid) or 0
         self.client: ControlClient | None = None
@@ -124,18 +125,14 @@ class VmmHandle:
         self.exit_event: dict | None = None
         self.done = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
-        self._fds: dict[str, int] = {}
-        self._partial: dict[str, bytes] = {}
+        self.fifos = FifoReaders(self._loop, paths, console, logs)
         self._pidfd: int | None = None
         self._finished = False
 
     # -- setting up -----------------------------------------------------------------------
     def watch(self) -> None:
         """Open the FIFOs and the pidfd; from now on an exit is noticed at once."""
-        for name, kind in (("console", None), ("log", "log"), ("metrics", "metrics")):
-            fd = os.open(getattr(self.paths, name), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            self._fds[name] = fd
-            self._loop.add_reader(fd, self._read_fifo, name, kind)
+        self.fifos.open()
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:
@@ -168,15 +165,20 @@ class VmmHandle:
         return False
 
     # -- talking ----------------------------------------------------------------------------
-    async def request(self, op: str, timeout: float = 10.0, **args) -> dict:
+    async def request(self, op: str, timeout: float = 10.0, trace: str | None = None,
+                      **args) -> dict:
         if self.client is None or self.done.done():
             raise VmmRequestError(control.FAILED, f"the VMM process of {self.vm_id} is not "
                                                   "reachable")
-        return await self.client.request(op, args, timeout=timeout)
+        return await self.client.request(op, args, timeout=timeout, trace=trace)
 
     def _on_event(self, msg: dict) -> None:
         if msg.get("event") == "exited":
             self.exit_event = msg
+        elif msg.get("event") == "boot-timer":
+            self.boot_time = msg.get("boot_time")
+            if self.tracing is not None:
+                self.tracing.late_spans(msg)
         elif msg.get("event") is None:     # the control connection ended
             if not self.done.done():
                 # Normally the pidfd fires first; a VMM that hangs up but lives is broken.
@@ -198,29 +200,6 @@ class VmmHandle:
         except ProcessLookupError:
             pass
 
-    # -- FIFOs ------------------------------------------------------------------------------
-    def _read_fifo(self, name: str, kind: str | None) -> None:
-        fd = self._fds.get(name)
-        while fd is not None:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno != errno.EINTR:
-                    return
-                continue
-            if not data:
-                return
-            if kind is None:
-                self.console.publish(data)
-                continue
-            buf = self._partial.get(name, b"") + data
-            *lines, self._partial[name] = buf.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    self.logs.publish(_record(kind, line))
-
     # -- the end ----------------------------------------------------------------------------
     def _process_gone(self) -> None:
         if self._finished:
@@ -232,8 +211,7 @@ class VmmHandle:
                 returncode = self.popen.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 pass
-        for name, kind in (("console", None), ("log", "log"), ("metrics", "metrics")):
-            self._read_fifo(name, kind)    # the last words are still in the pipes
+        self.fifos.drain()      # the last words are still in the pipes
         info = self._classify(returncode)
         self._release()
         self.paths.remove()
@@ -267,10 +245,7 @@ class VmmHandle:
                         + (f": {tail}" if tail else ""), ran)
 
     def _release(self) -> None:
-        for fd in self._fds.values():
-            self._loop.remove_reader(fd)
-            os.close(fd)
-        self._fds.clear()
+        self.fifos.close()
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
@@ -295,16 +270,3 @@ def _read_json(path: str) -> dict | None:
         return v if isinstance(v, dict) else None
     except (OSError, ValueError):
         return None
-
-
-def _record(kind: str, line: bytes) -> dict:
-    try:
-        rec = json.loads(line)
-        if not isinstance(rec, dict):
-            raise ValueError
-    except ValueError:  # not JSON: keep the text rather than lose it
-        rec = {"level": "INFO", "logger": "vmm.raw",
-               "message": line.decode("utf-8", "replace")}
-        kind = "log"
-    rec["kind"] = kind
-    return rec

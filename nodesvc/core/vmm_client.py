@@ -43,7 +43,9 @@ class ControlClient:
             raise VmmRequestError(control.FAILED, "the VMM closed its control connection")
         return msg
 
-    async def request(self, op: str, args: dict | None = None, timeout: float = 10.0) -> dict:
+    async def request(self, op: str, args: dict | None = None, timeout: float = 10.0,
+                      trace: str | None = None) -> dict:
+        """`trace`: W3C traceparent the VMM links its phase timings to."""
         async with self._lock:
             if self.closed:
                 raise VmmRequestError(control.FAILED, "the VMM control connection is closed")
@@ -51,7 +53,10 @@ class ControlClient:
             fut = asyncio.get_running_loop().create_future()
             self._pending[rid] = fut
             try:
-                self._writer.write(control.encode({"id": rid, "op": op, "args": args or {}}))
+                req = {"id": rid, "op": op, "args": args or {}}
+                if trace:
+                    req["trace"] = trace
+                self._writer.write(control.encode(req))
                 await self._writer.drain()
                 msg = await asyncio.wait_for(fut, timeout)
             except (OSError, asyncio.TimeoutError) as e:

@@ -93,6 +93,15 @@ def add_listeners(server, opts: ServeOptions, socket_path: str) -> list[str]:
     return where
 
 
+def interceptors(tracing) -> list:
+    """Tracing (outermost, so it sees the status the error mapping sets) only when on:
+    off, an RPC pays nothing for it."""
+    if tracing is None:
+        return [DomainErrorInterceptor()]
+    from .tracing import TracingInterceptor
+    return [TracingInterceptor(tracing), DomainErrorInterceptor()]
+
+
 async def serve(cfg: NodeConfig, opts: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set); raises UsageError for bad options."""
     opts.check()
@@ -101,7 +110,7 @@ async def serve(cfg: NodeConfig, opts: ServeOptions, *, stop: asyncio.Event | No
     node = Node(cfg)
     try:
         await node.open()
-        server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
+        server = grpc.aio.server(interceptors=interceptors(cfg.tracing))
         pb_grpc.add_NodeServiceServicer_to_server(NodeServicer(node), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

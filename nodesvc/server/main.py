@@ -2,6 +2,7 @@
 
     nodesvc serve --state-dir /var/lib/nodesvc                      # Unix socket only
     nodesvc serve --listen 0.0.0.0:7443 --tls-cert c.pem --tls-key k.pem --tls-client-ca ca.pem
+    nodesvc serve --trace-exporter otlp --otlp-endpoint http://localhost:4317   # OpenTelemetry
 
 Exit status: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 for bad options.
 """
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--event-history", type=int, default=1000,
                    help="VM events kept for WatchVms resumption (default 1000)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    t = s.add_argument_group("tracing (OpenTelemetry; OTEL_* environment variables apply)")
+    t.add_argument("--trace-exporter", choices=["none", "console", "otlp"],
+                   help="where spans go (default: OTEL_TRACES_EXPORTER, else none)")
+    t.add_argument("--otlp-endpoint", metavar="URL",
+                   help="OTLP/gRPC collector, e.g. http://localhost:4317 (implies otlp; "
+                        "default: OTEL_EXPORTER_OTLP_ENDPOINT)")
     return p
 
 
@@ -54,15 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper()),
                         format="nodesvc: %(levelname)s %(name)s: %(message)s")
+    from .. import tracing
     from ..core import NodeConfig
     from ..core.capacity import Capacity
     from .app import ServeOptions, UsageError, serve
+    try:
+        tracer = tracing.setup(args.trace_exporter, args.otlp_endpoint, set_global=True)
+    except tracing.TracingError as e:
+        print(f"nodesvc: error: {e}", file=sys.stderr)
+        return 2
     cfg = NodeConfig(
         state_dir=args.state_dir,
         capacity=Capacity.detect(memory_mib=args.memory_mib, reserve_mib=args.reserve_mib,
                                  cpu_overcommit=args.cpu_overcommit),
         event_history=args.event_history, default_grace_s=args.default_grace,
-        vmm_metrics_interval_s=args.vmm_metrics_interval, vmm_log_level=args.vmm_log_level)
+        vmm_metrics_interval_s=args.vmm_metrics_interval, vmm_log_level=args.vmm_log_level,
+        tracing=tracer)
     opts = ServeOptions(socket=args.socket, listen=args.listen, tls_cert=args.tls_cert,
                         tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                         insecure_tcp=args.insecure_tcp)
@@ -71,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"nodesvc: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if tracer is not None:
+            tracer.shutdown()   # export what is still batched
     return 0
 
 

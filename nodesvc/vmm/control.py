@@ -13,7 +13,15 @@ service connects (again after it restarts); the VMM serves one request at a time
 
 `hello` is sent on every new connection (so a re-adopting node service can check it
 reached the right VM); `exited` is pushed to every connection when the VM ends, just
-before the process exits. A request may carry "trace" (W3C traceparent) for tracing.
+before the process exits.
+
+Tracing (nodesvc.vmm.trace): a request may carry "trace", a W3C traceparent. The `start`
+reply has "timeline": span records of the run's phases (spawn, config, build phases, first
+KVM_RUN) that the node service turns into child spans of the traced RPC. When the guest
+writes the boot-timer device the VMM pushes, with the start's trace context,
+
+    event     {"event": "boot-timer", "boot_time": 0.8, "trace": "00-<trace id>-<span id>-01",
+               "spans": [{"name": "vmm.boot_timer", "start_ns": ..., "end_ns": ...}]}
 """
 
 from __future__ import annotations
@@ -172,14 +180,17 @@ class JsonLogHandler(logging.Handler):
     def __init__(self, fifo: FifoWriter, vm_id: str):
         super().__init__()
         self.fifo, self.vm_id = fifo, vm_id
+        self.trace_id: str | None = None    # set once a traced `start` arrives
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             msg = record.getMessage()
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            fields = {"vm_id": self.vm_id, "thread": record.threadName}
+            if self.trace_id:   # lets a log line be found from its trace, and back
+                fields["trace_id"] = self.trace_id
             self.fifo.write_line({"time": record.created, "level": record.levelname,
-                                  "logger": record.name, "message": msg,
-                                  "fields": {"vm_id": self.vm_id, "thread": record.threadName}})
+                                  "logger": record.name, "message": msg, "fields": fields})
         except Exception:
             self.handleError(record)

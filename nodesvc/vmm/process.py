@@ -26,14 +26,15 @@ import sys
 import threading
 import time
 
-from . import control
+from . import control, trace
 from .control import FifoWriter, JsonLogHandler
 from .errors import ConfigError
 
 log = logging.getLogger("nodesvc.vmm.process")
 CONSOLE_PIPE_SIZE = 1 << 18   # room for a boot's worth of output while the reader is busy
 # Modules whose presence would mean the VMM stopped being lean; reported by `status`.
-HEAVY_MODULES = ("grpc", "google.protobuf", "opentelemetry.exporter")
+# (Tracing is plain timestamps here: the node service makes the OTel spans.)
+HEAVY_MODULES = ("grpc", "google.protobuf", "opentelemetry")
 
 
 class Client:
@@ -42,8 +43,12 @@ class Client:
 
 
 class VmmProcess:
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, timeline: trace.Timeline | None = None):
         self.args, self.vm_id = args, args.id
+        self.timeline = timeline or trace.Timeline()
+        self.traceparent: str | None = None     # W3C trace context of the `start` request
+        self._boot: trace.BootWatch | None = None
+        self._req_trace: str | None = None
         self.state = control.READY
         self.vm = None
         self.exit_info: dict | None = None
@@ -58,7 +63,7 @@ class VmmProcess:
 
     # -- set-up -----------------------------------------------------------------------
     def open(self) -> None:
-        handler = JsonLogHandler(self.logs, self.vm_id)
+        handler = self.log_handler = JsonLogHandler(self.logs, self.vm_id)
         root = logging.getLogger("nodesvc")
         root.addHandler(handler)
         root.setLevel(getattr(logging, self.args.log_level.upper(), logging.INFO))
@@ -142,6 +147,9 @@ class VmmProcess:
             pass
         if self._signalled:
             self._stop(f"received {self._signalled}")
+        ev = self._boot.take_event(self.traceparent) if self._boot is not None else None
+        for c in list(self.clients) if ev else ():
+            self._send(c, ev)
         if self.vm is not None and self.vm.wait(0) is not None:
             self.exit_info = {}  # leave the loop; _finish fills in the details
 
@@ -152,6 +160,7 @@ class VmmProcess:
         except control.ProtocolError as e:
             return {"id": None, "ok": False, "error": str(e), "kind": control.BAD_REQUEST}
         rid, op, args = req.get("id"), req.get("op"), req.get("args") or {}
+        self._req_trace = trace.valid_traceparent(req.get("trace"))   # for op_start
         fn = getattr(self, f"op_{op}", None) if op in control.OPS else None
         if fn is None:
             return {"id": rid, "ok": False, "error": f"unknown op {op!r}",
@@ -176,11 +185,17 @@ class VmmProcess:
         return {"vm_id": self.vm_id, "pid": os.getpid(), "state": self.state,
                 "counters": self.counters(),
                 "stats": self.vm.stats() if self.vm is not None else None,
+                "timeline": self.timeline.spans(self.vm),
+                "trace_id": trace.trace_id(self.traceparent),
                 "heavy_modules": [m for m in HEAVY_MODULES if m in sys.modules]}
 
     def op_start(self) -> dict:
         self._need(control.READY)
+        self.timeline.mark("start_request")
+        self.traceparent = self._req_trace
+        self.log_handler.trace_id = trace.trace_id(self.traceparent)
         from .vm import MicroVm     # only now: a VMM that never starts stays small
+        self.timeline.mark("build_start")
         self.vm = MicroVm(self.cfg, vm_id=self.vm_id, console_out=self.console)
         try:
             self.vm.start()
@@ -191,8 +206,11 @@ class VmmProcess:
             raise _OpError(control.FAILED, f"start failed: {e}") from None
         self.state = control.RUNNING
         threading.Thread(target=self._wait_vm, name="vm-wait", daemon=True).start()
+        self._boot = trace.BootWatch.start(self.vm, lambda: os.write(self.wake_w, b"b"))
+        trace.wait_first_run(self.vm)   # so a finished start means the guest is running
         log.info("VM started")
-        return {"phases": dict(self.vm.phases), "cmdline": self.vm.cmdline}
+        return {"phases": dict(self.vm.phases), "cmdline": self.vm.cmdline,
+                "timeline": self.timeline.spans(self.vm)}
 
     def _wait_vm(self) -> None:
         self.vm.wait()
@@ -337,11 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    timeline = trace.Timeline()     # first thing: the node service's spawn span ends here
     args = build_parser().parse_args(argv)
-    proc = VmmProcess(args)
+    proc = VmmProcess(args, timeline)
+    timeline.mark("config_start")
     from .config import load_config_file
     try:
         cfg = load_config_file(args.config_file)
+        timeline.mark("config_end")
     except ConfigError as e:
         info = {"reason": "config-error", "detail": str(e), "failure": True, "exit_code": 2,
                 "ran": False}

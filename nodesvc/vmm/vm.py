@@ -48,6 +48,8 @@ class MicroVm:
         self.console_in_fd, self.console_escape = console_in_fd, console_escape
         self._plugins = plugins
         self.phases: dict[str, float] = {}
+        #: phase name -> (start, end) on the time.monotonic() clock, for tracing
+        self.phase_times: dict[str, tuple[float, float]] = {}
         self.created_at = time.monotonic()
         self.devices: dict[str, object] = {}
         self.cmdline = ""
@@ -64,7 +66,15 @@ class MicroVm:
 
     # -- build ----------------------------------------------------------------
     def _phase(self, name: str, t0: float) -> None:
-        self.phases[name] = time.monotonic() - t0
+        now = time.monotonic()
+        self.phases[name] = now - t0
+        self.phase_times[name] = (t0, now)
+
+    @property
+    def first_run_at(self) -> float | None:
+        """time.monotonic() of the first KVM_RUN on any vCPU, once there was one."""
+        first = [v.stats.first_run_at for v in self._vcpus if v.stats.first_run_at]
+        return min(first) if first else None
 
     def build(self) -> None:
         if self._built:
@@ -259,9 +269,9 @@ class MicroVm:
             for k, n in v.stats.exits.items():
                 exits[k] = exits.get(k, 0) + n
             in_kvm += v.stats.time_in_kvm
-        first = [v.stats.first_run_at for v in self._vcpus if v.stats.first_run_at]
+        first = self.first_run_at
         return {"exits": exits, "time_in_kvm": in_kvm, "phases": dict(self.phases),
-                "first_run_after": (min(first) - self.created_at) if first else None,
+                "first_run_after": (first - self.created_at) if first else None,
                 "unhandled_pio": self.pio_bus.unhandled_reads + self.pio_bus.unhandled_writes}
 
     def close(self) -> None:

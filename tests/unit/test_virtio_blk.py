@@ -319,6 +319,18 @@ def test_throttled_requests_wait_for_the_wakeup(tmp_path):
     assert lim.closed
 
 
+def test_wakeup_after_a_driver_reset_is_harmless(tmp_path):
+    lim = FakeLimiter(ops=0)
+    r = Rig(tmp_path, limiter=lim)
+    r.post(T_IN, length=512)
+    r.q.kick()
+    r.t.write(V.STATUS, 4, 0)     # the driver resets while a request is parked
+    lim.ops = 5
+    lim.wakeup()
+    assert r.q.take_used() == [] and lim.ops == 5
+    r.close()
+
+
 def test_update_rate_limiter(tmp_path):
     lim = FakeLimiter(ops=100)
     r = Rig(tmp_path, limiter=lim)

@@ -99,18 +99,20 @@ class VirtioBlock(VirtioDevice):
             self._fd = -1
 
     def queue_notify(self, index: int) -> None:
-        if index != 0 or self._ring is None or self._broken:
+        ring, interrupt = self._ring, self.interrupt   # a reset may clear them meanwhile
+        if index != 0 or ring is None or self._broken:
             return
         with self._lock:
-            self._process(self._ring)
+            self._process(ring, interrupt)
 
     # -- request processing -----------------------------------------------------------------
-    def _process(self, ring: FastRing) -> None:
+    def _process(self, ring: FastRing, interrupt) -> None:
         done = 0
         pop, handle, add_used = ring.pop, self._handle, ring.add_used
         try:
-            while (chain := pop()) is not None:
-                written = handle(chain[1], chain[2])
+            # A driver reset (vCPU thread) drops self._ring: stop touching the old rings.
+            while self._ring is ring and (chain := pop()) is not None:
+                written = handle(ring, chain[1], chain[2])
                 if written < 0:        # throttled: leave it for the limiter's wake-up
                     ring.undo_pop()
                     break
@@ -121,15 +123,14 @@ class VirtioBlock(VirtioDevice):
             raise
         finally:
             if done:
-                self.interrupt.signal_used(ring.q)
+                interrupt.signal_used(ring.q)
 
-    def _handle(self, rd: list, wr: list) -> int:
+    def _handle(self, ring: FastRing, rd: list, wr: list) -> int:
         """Do one request; return the bytes written to the chain (-1: throttled).
 
         Kept flat on purpose: it runs once per request, and every call or attribute
         lookup here costs a few percent of the 4 KiB IOPS figure.
         """
-        ring = self._ring
         ram, end = ring.ram, ring.ram_end
         if wr and wr[-1][1] == 1:               # Linux: a 1-byte status buffer last
             status_addr, data = wr[-1][0], wr[:-1]
@@ -140,13 +141,13 @@ class VirtioBlock(VirtioDevice):
         else:
             head = _gather(ring, rd, _HEADER_LEN)   # a split or short header: rare
             if len(head) < _HEADER_LEN:
-                return self._status(status_addr, S_IOERR, 0)
+                return _status(ring, status_addr, S_IOERR, 0)
             rtype, _, sector = _HEADER.unpack(head)
 
         if rtype == T_IN:
             nbytes = data[0][1] if len(data) == 1 else sum(b[1] for b in data)
             if nbytes & 511 or sector + (nbytes >> SECTOR_SHIFT) > self.capacity:
-                return self._status(status_addr, S_IOERR, 0)
+                return _status(ring, status_addr, S_IOERR, 0)
             if self.limiter is not None and not self._consume(nbytes):
                 return -1
             if len(data) == 1 and data[0][0] + nbytes <= end:   # one buffer: skip views()
@@ -156,23 +157,23 @@ class VirtioBlock(VirtioDevice):
             try:
                 got = _preadv(self._fd, bufs, sector << SECTOR_SHIFT) if data else 0
             except OSError:
-                return self._status(status_addr, S_IOERR, 0)
+                return _status(ring, status_addr, S_IOERR, 0)
             if status_addr < end:
                 ram[status_addr] = S_OK if got == nbytes else S_IOERR
                 return got + 1
-            return self._status(status_addr, S_OK if got == nbytes else S_IOERR, got)
+            return _status(ring, status_addr, S_OK if got == nbytes else S_IOERR, got)
         if rtype == T_OUT:
             data = _skip(rd, _HEADER_LEN)
             nbytes = sum(b[1] for b in data)
             if self.read_only or nbytes & 511 or sector + (nbytes >> SECTOR_SHIFT) > self.capacity:
-                return self._status(status_addr, S_IOERR, 0)
+                return _status(ring, status_addr, S_IOERR, 0)
             if self.limiter is not None and not self._consume(nbytes):
                 return -1
             try:
                 put = _pwritev(self._fd, ring.views(data), sector << SECTOR_SHIFT) if data else 0
             except OSError:
                 put = -1
-            return self._status(status_addr, S_OK if put == nbytes else S_IOERR, 0)
+            return _status(ring, status_addr, S_OK if put == nbytes else S_IOERR, 0)
         if self.limiter is not None and not self._consume(0):
             return -1
         if rtype == T_FLUSH:
@@ -180,19 +181,14 @@ class VirtioBlock(VirtioDevice):
                 if self.writeback:   # Unsafe: the host page cache is good enough, by contract
                     os.fdatasync(self._fd)
             except OSError:
-                return self._status(status_addr, S_IOERR, 0)
-            return self._status(status_addr, S_OK, 0)
+                return _status(ring, status_addr, S_IOERR, 0)
+            return _status(ring, status_addr, S_OK, 0)
         if rtype == T_GET_ID:
             if sum(b[1] for b in data) < ID_BYTES:
-                return self._status(status_addr, S_IOERR, 0)
+                return _status(ring, status_addr, S_IOERR, 0)
             _scatter(ring.views(data), self._id)
-            return self._status(status_addr, S_OK, ID_BYTES)
-        return self._status(status_addr, S_UNSUPP, 0)
-
-    def _status(self, addr: int, status: int, data_written: int) -> int:
-        """Write the status byte; return the used length (data + the status byte)."""
-        self._ring.put_u8(addr, status)
-        return data_written + 1
+            return _status(ring, status_addr, S_OK, ID_BYTES)
+        return _status(ring, status_addr, S_UNSUPP, 0)
 
     def _consume(self, nbytes: int) -> bool:
         """One op, plus the data bytes (Firecracker charges bytes for IN/OUT only)."""
@@ -217,7 +213,8 @@ class VirtioBlock(VirtioDevice):
         try:
             self.queue_notify(0)
         except VirtqueueError as e:
-            self.interrupt.fail(str(e))
+            if self.interrupt is not None:
+                self.interrupt.fail(str(e))
 
     def update_rate_limiter(self, config) -> None:
         """Replace/adjust the limiter on a running VM (Firecracker's PATCH /drives)."""
@@ -243,6 +240,12 @@ class VirtioBlock(VirtioDevice):
             os.close(old)
         if self.interrupt is not None:
             self.interrupt.signal_config()
+
+
+def _status(ring: FastRing, addr: int, status: int, data_written: int) -> int:
+    """Write the status byte; return the used length (data + the status byte)."""
+    ring.put_u8(addr, status)
+    return data_written + 1
 
 
 def _split_status(wr: list) -> tuple[int, list]:

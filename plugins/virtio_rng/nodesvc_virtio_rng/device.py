@@ -49,11 +49,13 @@ class VirtioRng(VirtioDevice):
             self.limiter.close()
 
     def queue_notify(self, index: int) -> None:
-        if index != 0 or not self.queues or not self.queues[0].ready or self._broken:
+        queues, interrupt = self.queues, self.interrupt   # a reset may clear them meanwhile
+        if index != 0 or not queues or not queues[0].ready or self._broken:
             return
-        q, done = self.queues[0], 0
+        q, done = queues[0], 0
         try:
-            while (chain := q.pop()) is not None:
+            # A driver reset (vCPU thread) empties self.queues: stop touching the old ring.
+            while self.queues and (chain := q.pop()) is not None:
                 n = min(chain.writable_len, MAX_FILL)
                 if n and not self._consume(n):
                     q.undo_pop()   # throttled: the limiter's wake-up resumes here
@@ -67,7 +69,7 @@ class VirtioRng(VirtioDevice):
             raise
         finally:
             if done:
-                self.interrupt.signal_used(q)
+                interrupt.signal_used(q)
 
     # -- rate limiter ---------------------------------------------------------------------
     def _consume(self, nbytes: int) -> bool:
@@ -93,7 +95,8 @@ class VirtioRng(VirtioDevice):
         try:
             self.queue_notify(0)
         except VirtqueueError as e:
-            self.interrupt.fail(str(e))
+            if self.interrupt is not None:
+                self.interrupt.fail(str(e))
 
     def update_rate_limiter(self, config) -> None:
         """Adjust or add the limiter on a running VM (Firecracker's PATCH /entropy)."""
