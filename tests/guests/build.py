@@ -28,7 +28,7 @@ GUEST_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTDIR = GUEST_DIR / "out"
 
 #: Every guest, in a sensible order for `build_all`.
-GUESTS = ("hello", "bootinfo", "smp", "badinsn", "triple", "echo", "ioloop")
+GUESTS = ("hello", "bootinfo", "smp", "badinsn", "triple", "echo", "ioloop", "idle")
 
 COMMON_SOURCES = ("lib.c", "start.S")
 EXTRA_SOURCES = {"smp": ("trampoline.S",)}

@@ -29,10 +29,11 @@ class TinyRun:
 @pytest.fixture
 def run_tiny(tiny_guest):
     def run(name, *, vcpus=1, mem_mib=32, boot_args="", timeout=20.0, console_in_fd=None,
-            before_run=None):
+            before_run=None, devices=()):
         sink = CaptureSink()
         cfg = config_from_flags(kernel=str(tiny_guest(name)), initrd=None, boot_args=boot_args,
                                 vcpus=vcpus, mem_mib=mem_mib)
+        cfg.devices.extend(devices)
         vm = MicroVm(cfg, vm_id=f"tiny-{name}", console_out=sink, console_in_fd=console_in_fd)
         if before_run is not None:
             before_run(vm, sink)

@@ -118,3 +118,29 @@ def test_pause_and_resume_keep_the_guest(tiny_guest):
     finally:
         vm.shutdown()
         os.close(rfd), os.close(wfd)
+
+
+def test_idle_guest_sleeps_in_kvm_without_exits(run_tiny):
+    import time
+
+    def stop_later(vm, sink):
+        def stopper():
+            sink.wait_for(b"IDLE", 10)
+            time.sleep(0.5)
+            vm.stop("done idling")
+        threading.Thread(target=stopper, daemon=True).start()
+
+    r = run_tiny("idle", before_run=stop_later)
+    assert r.lines == ["IDLE"]
+    assert r.result.reason is ExitReason.STOPPED
+    # a halted vCPU blocks in the kernel: only the console's port writes exit to us
+    assert r.vm.stats()["exits"]["io"] < 20
+
+
+def test_boot_timer_records_guest_boot_time(run_tiny):
+    from nodesvc.vmm.config import DeviceSpec
+
+    r = run_tiny("hello", boot_args="boottimer=1", devices=[DeviceSpec("boot-timer", {})])
+    assert r.result.reason is ExitReason.GUEST_RESET
+    timer = r.vm.devices["boot-timer"]
+    assert timer.boot_time is not None and 0 < timer.boot_time < 10
