@@ -17,3 +17,9 @@ def test_pvm_hosts_get_workarounds_once():
 
 def test_user_args_kept_verbatim():
     assert cmdline.compose("root=/dev/vda ro", [], pvm=False) == "root=/dev/vda ro"
+
+
+def test_clearcpuid_fits_what_linux_reads():
+    value = cmdline.PVM_WORKAROUNDS.split("clearcpuid=")[1].split()[0]
+    assert len(value) <= cmdline.CLEARCPUID_MAX
+    assert "popcnt" in value and "smap" in value
