@@ -16,7 +16,6 @@ import time
 T_START = time.monotonic()
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -1,7 +1,6 @@
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,6 @@ from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.memory import GuestMemory
 
 MiB = 1 << 20
-VMLINUX = Path("/work/main/guest/out/vmlinux")
 
 
 @pytest.fixture
@@ -239,12 +237,12 @@ def test_missing_kernel(tmp_path):
         detect_kernel_format(tmp_path / "nope")
 
 
-@pytest.mark.skipif(not VMLINUX.exists(), reason="guest kernel not built (guest/out/vmlinux)")
-def test_real_vmlinux():
+def test_real_vmlinux(guest_kernel):
+    vmlinux = guest_kernel[0]
     m = GuestMemory(256 * MiB)
     try:
-        assert detect_kernel_format(VMLINUX) == "elf"
-        k = load_kernel(m, VMLINUX)
+        assert detect_kernel_format(vmlinux) == "elf"
+        k = load_kernel(m, vmlinux)
         assert k.load_start >= L.HIMEM_START and k.load_start <= k.entry < k.load_end
         if k.pvh_entry is not None:
             assert k.load_start <= k.pvh_entry < k.load_end

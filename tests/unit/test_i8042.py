@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("nodesvc_i8042")
 
 from nodesvc.plugins import PluginManager  # noqa: E402
 from nodesvc.vmm.bus import Bus  # noqa: E402

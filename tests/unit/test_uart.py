@@ -6,7 +6,6 @@ import threading
 
 import pytest
 
-pytest.importorskip("nodesvc_serial")
 
 from nodesvc.plugins import PluginManager  # noqa: E402
 from nodesvc.vmm.bus import Bus, BusConflict  # noqa: E402
