@@ -167,7 +167,7 @@ def consume_op(limiter: RateLimiter | None, nbytes: int) -> bool:
         return True
     if not limiter.consume(1, TokenType.OPS):
         return False
-    if not limiter.consume(nbytes, TokenType.BYTES):
+    if nbytes and not limiter.consume(nbytes, TokenType.BYTES):
         limiter.manual_replenish(1, TokenType.OPS)
         return False
     return True

@@ -19,7 +19,7 @@ import struct
 import threading
 
 from nodesvc.vmm.errors import ConfigError
-from nodesvc.vmm.ratelimit import TokenType, parse_limiter_config
+from nodesvc.vmm.ratelimit import consume_op, parse_limiter_config
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
 from nodesvc.vmm.virtio.constants import ID_BLOCK
 
@@ -192,13 +192,7 @@ class VirtioBlock(VirtioDevice):
 
     def _consume(self, nbytes: int) -> bool:
         """One op, plus the data bytes (Firecracker charges bytes for IN/OUT only)."""
-        lim = self.limiter
-        if not lim.consume(1, TokenType.OPS):
-            return False
-        if nbytes and not lim.consume(nbytes, TokenType.BYTES):
-            lim.manual_replenish(1, TokenType.OPS)
-            return False
-        return True
+        return consume_op(self.limiter, nbytes)
 
     # -- rate limiter ---------------------------------------------------------------------
     def _set_limiter(self, limiter) -> None:

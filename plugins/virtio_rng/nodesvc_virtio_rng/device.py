@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from nodesvc.vmm.ratelimit import TokenType, parse_limiter_config
+from nodesvc.vmm.ratelimit import consume_op, parse_limiter_config
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
 from nodesvc.vmm.virtio.constants import ID_RNG
 
@@ -73,15 +73,7 @@ class VirtioRng(VirtioDevice):
 
     # -- rate limiter ---------------------------------------------------------------------
     def _consume(self, nbytes: int) -> bool:
-        lim = self.limiter
-        if lim is None:
-            return True
-        if not lim.consume(1, TokenType.OPS):
-            return False
-        if not lim.consume(nbytes, TokenType.BYTES):
-            lim.manual_replenish(1, TokenType.OPS)
-            return False
-        return True
+        return consume_op(self.limiter, nbytes)
 
     def _set_limiter(self, limiter) -> None:
         if limiter is not None:
