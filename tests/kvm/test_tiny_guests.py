@@ -30,7 +30,7 @@ def test_boot_protocol_cmdline_and_e820(run_tiny):
     assert "DONE" in r.lines
 
 
-@pytest.mark.parametrize("vcpus", [2, 4])
+@pytest.mark.parametrize("vcpus", [2, 4, 32])
 def test_smp_every_vcpu_reports_its_apic_id(run_tiny, vcpus):
     r = run_tiny("smp", vcpus=vcpus)
     assert r.result.reason is ExitReason.GUEST_RESET, r.result
