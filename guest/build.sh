@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build the default nodesvc guest: a minimal Linux 6.1 ELF vmlinux and an
-# uncompressed busybox initramfs. Results are cached outside the checkout in
+# uncompressed busybox initramfs, with the dormant in-guest test agent built in.
+# Results are cached outside the checkout in
 #   ${NODESVC_CACHE:-$HOME/.cache/nodesvc}/guest/<key>/
-# (key = sha256 of the recipe inputs) and linked as guest/out/{vmlinux,initramfs.cpio}.
+# (key = sha256 of the recipe inputs) and linked as
+# guest/out/{vmlinux,vmlinux-agent,initramfs.cpio} (vmlinux-agent = vmlinux).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,8 +36,7 @@ ensure_packages() {
 
 # Everything that determines the outputs; README/out/ edits do not trigger rebuilds.
 cache_key() {
-  local inputs=(build.sh config patches initramfs)
-  [[ -d $HERE/agent ]] && inputs+=(agent)
+  local inputs=(build.sh config patches initramfs agent)
   (
     cd "$HERE"
     find "${inputs[@]}" -type f ! -name '*~' -print0 | sort -z | xargs -0 sha256sum
@@ -47,8 +48,11 @@ cache_key() {
 link_outputs() {
   mkdir -p "$HERE/out"
   ln -sfn "$DEST/vmlinux" "$HERE/out/vmlinux"
+  # The test agent is built into that same kernel and sleeps unless
+  # nodesvc_agent.checks= is on the command line: one image, two names.
+  ln -sfn "$DEST/vmlinux" "$HERE/out/vmlinux-agent"
   ln -sfn "$DEST/initramfs.cpio" "$HERE/out/initramfs.cpio"
-  log "guest/out/vmlinux, guest/out/initramfs.cpio -> $DEST"
+  log "guest/out/vmlinux (= vmlinux-agent), guest/out/initramfs.cpio -> $DEST"
 }
 
 # Run a long command in its own process group with its output in a log file,
@@ -139,6 +143,12 @@ for p in "$HERE"/patches/*.patch; do
   patch -p1 -d "$SRC" --forward --quiet <"$p"
 done
 
+# The in-guest test agent (agent/nodesvc_agent.c) is plain built-in kernel code:
+# no Kconfig symbol, just one more object in init/.
+log "agent: init/nodesvc_agent.c"
+cp "$HERE/agent/nodesvc_agent.c" "$SRC/init/nodesvc_agent.c"
+echo 'obj-y += nodesvc_agent.o' >>"$SRC/init/Makefile"
+
 # tinyconfig, then our fragment(s) on top; olddefconfig fills in dependencies.
 run_quiet "configure" "$BLOG" bash -c 'cd "$1" && shift && make tinyconfig &&
   scripts/kconfig/merge_config.sh -m .config "$@" && make olddefconfig' _ "$SRC" "$HERE"/config/*.config
@@ -146,6 +156,7 @@ verify_config "$SRC/.config"   # fail fast, before the 4-minute compile
 
 run_quiet "make -j$(nproc) vmlinux (~4 min on 2 cores)" "$BLOG" make -C "$SRC" -j"$(nproc)" vmlinux
 verify_config "$SRC/.config"   # the .config the kernel was really built from
+[[ -f $SRC/init/nodesvc_agent.o ]] || die "the test agent was not built into vmlinux"
 cp "$SRC/vmlinux" "$OUT/vmlinux"
 cp "$SRC/.config" "$OUT/config"
 

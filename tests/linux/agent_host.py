@@ -49,7 +49,7 @@ class _Server:
 
     def __init__(self, sock: socket.socket, name: str):
         self.sock, self.stop = sock, threading.Event()
-        self.received: list[bytes] = []     # what peers sent, per datagram/connection
+        self.received: list = []    # what peers sent, per datagram/connection
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
@@ -87,12 +87,12 @@ class StreamEcho(_Server):
     def serve_one(self) -> None:
         conn, _ = self.sock.accept()
         got = bytearray()
+        self.received.append(got)   # filled as it arrives: the peer may never close
         with conn:
             conn.settimeout(30)
             while chunk := conn.recv(65536):
                 got += chunk
                 conn.sendall(chunk)
-        self.received.append(bytes(got))
 
 
 def udp_echo(sock_factory, port: int) -> UdpEcho:
