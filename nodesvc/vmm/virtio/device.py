@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
-from .queue import Virtqueue
+from .queue import Virtqueue, VirtqueueError
 
 
 class Interrupt(Protocol):
@@ -61,6 +61,16 @@ class VirtioDevice:
 
     def queue_notify(self, index: int) -> None:
         """The driver kicked queue `index` (event-loop thread)."""
+
+    def resume_queue(self, index: int) -> None:
+        """Process a queue outside a kick (e.g. a rate limiter woke up, event-loop thread).
+
+        Hostile chains found there fail the device, exactly as on the kick path."""
+        try:
+            self.queue_notify(index)
+        except VirtqueueError as e:
+            if self.interrupt is not None:
+                self.interrupt.fail(str(e))
 
     def reset(self) -> None:
         self.queues, self.interrupt, self.acked_features = [], None, 0

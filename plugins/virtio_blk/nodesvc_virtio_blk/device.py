@@ -202,13 +202,8 @@ class VirtioBlock(VirtioDevice):
 
     def _wakeup(self) -> None:
         """The limiter unblocked (event-loop thread): resume where we stopped."""
-        if self._ring is None or self._broken:
-            return
-        try:
-            self.queue_notify(0)
-        except VirtqueueError as e:
-            if self.interrupt is not None:
-                self.interrupt.fail(str(e))
+        if self._ring is not None and not self._broken:
+            self.resume_queue(0)
 
     def update_rate_limiter(self, config) -> None:
         """Replace/adjust the limiter on a running VM (Firecracker's PATCH /drives)."""

@@ -82,13 +82,8 @@ class VirtioRng(VirtioDevice):
 
     def _wakeup(self) -> None:
         """The limiter unblocked (event-loop thread)."""
-        if not self.queues or self._broken:
-            return
-        try:
-            self.queue_notify(0)
-        except VirtqueueError as e:
-            if self.interrupt is not None:
-                self.interrupt.fail(str(e))
+        if self.queues and not self._broken:
+            self.resume_queue(0)
 
     def update_rate_limiter(self, config) -> None:
         """Adjust or add the limiter on a running VM (Firecracker's PATCH /entropy)."""
