@@ -5,7 +5,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: demo vmm-demo test test-unit test-kvm test-linux setup sysdeps guest bench proto clean
+.PHONY: demo vmm-demo test test-unit test-kvm test-linux setup sysdeps guest bench proto cffi clean
 
 # The main job: a node service booting the default guest through the Python client.
 demo: setup guest
@@ -48,6 +48,10 @@ guest:
 # Regenerate the checked-in gRPC code from proto/ (a test fails when it is stale).
 proto: setup
 	scripts/gen-proto
+
+# Regenerate the pre-parsed cffi declarations (a test fails when they are stale).
+cffi: setup
+	$(PY) -m nodesvc.vmm.cffi_cache
 
 bench: setup guest
 	$(PY) bench/boot.py

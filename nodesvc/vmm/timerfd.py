@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import os
 
-import cffi
+from .cffi_cache import load
 
-_ffi = cffi.FFI()
-_ffi.cdef("""
-struct timespec { long tv_sec; long tv_nsec; };
-struct itimerspec { struct timespec it_interval; struct timespec it_value; };
-int timerfd_create(int clockid, int flags);
-int timerfd_settime(int fd, int flags, const struct itimerspec *new_value,
-                    struct itimerspec *old_value);
-""")
+
+def _declare(ffi) -> None:
+    ffi.cdef("""
+    struct timespec { long tv_sec; long tv_nsec; };
+    struct itimerspec { struct timespec it_interval; struct timespec it_value; };
+    int timerfd_create(int clockid, int flags);
+    int timerfd_settime(int fd, int flags, const struct itimerspec *new_value,
+                        struct itimerspec *old_value);
+    """)
+
+
+_ffi = load(__name__, __file__, _declare)
 _libc = _ffi.dlopen(None)
 
 CLOCK_MONOTONIC = 1

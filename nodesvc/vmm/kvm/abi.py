@@ -8,10 +8,11 @@ these declarations in `ioctls.py`, never written by hand.
 
 from __future__ import annotations
 
-import cffi
+from ..cffi_cache import load
 
-ffi = cffi.FFI()
-ffi.cdef("""
+
+def _declare(ffi) -> None:
+    ffi.cdef("""
 /* libc */
 int ioctl(int fd, unsigned long request, ...);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
@@ -210,4 +211,6 @@ struct kvm_run {
 };
 """)
 
+
+ffi = load(__name__, __file__, _declare)
 libc = ffi.dlopen(None)
