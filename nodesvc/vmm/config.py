@@ -153,6 +153,19 @@ def _devices(kind: str) -> Callable[[str, Any, dict], None]:
     return handler
 
 
+def _drives(key: str, v: Any, out: dict) -> None:
+    """Like Firecracker: the root drive is attached first (so it is /dev/vda), and there
+    is at most one; the other drives keep their order."""
+    before = len(out["devices"])
+    _devices("virtio-blk")(key, v, out)
+    drives = out["devices"][before:]
+    roots = [d for d in drives if d.config.get("is_root_device") is True]
+    if len(roots) > 1:
+        ids = ", ".join(repr(d.config.get("drive_id")) for d in roots)
+        raise _fail(key, f"only one drive may be the root device, got {ids}")
+    out["devices"][before:] = roots + [d for d in drives if d not in roots]
+
+
 def _device(kind: str) -> Callable[[str, Any, dict], None]:
     """Handler for a single-device section (vsock, entropy)."""
     def handler(key: str, v: Any, out: dict) -> None:
@@ -173,7 +186,7 @@ def _extra(key: str, v: Any, out: dict) -> None:
 SECTIONS: dict[str, Callable[[str, Any, dict], None]] = {
     "boot-source": _boot_source,
     "machine-config": _machine_config,
-    "drives": _devices("virtio-blk"),
+    "drives": _drives,
     "network-interfaces": _devices("virtio-net"),
     "pmem": _unsupported_list,
     "vsock": _device("vsock"),

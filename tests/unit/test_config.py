@@ -381,3 +381,17 @@ def test_validate_programmatic_config(kernel):
     with pytest.raises(ConfigError, match="^machine-config.vcpu_count: must be between"):
         validate(vm, host_mem_bytes=HOST)
     validate(VmConfig(BootSource(kernel)), host_mem_bytes=HOST)
+
+
+def test_root_drive_is_attached_first_like_firecracker(kernel):
+    drives = [{"drive_id": "data", "is_root_device": False},
+              {"drive_id": "rootfs", "is_root_device": True},
+              {"drive_id": "logs", "is_root_device": False}]
+    c = parse_config({**cfg(kernel), "drives": drives}, host_mem_bytes=HOST)
+    assert [d.config["drive_id"] for d in c.devices] == ["rootfs", "data", "logs"]
+
+
+def test_two_root_drives_are_refused(kernel):
+    drives = [{"drive_id": "a", "is_root_device": True}, {"drive_id": "b", "is_root_device": True}]
+    assert err({**cfg(kernel), "drives": drives}) == \
+        "drives: only one drive may be the root device, got 'a', 'b'"

@@ -1,20 +1,15 @@
 """Plugin glue: registers device kind "virtio-blk" (entry point `virtio_blk`).
 
 Root device and drive letters. Linux names virtio disks vda, vdb, ... in probe
-order, which is the order of the `virtio_mmio.device=` entries, i.e. attach order
-(the order of `drives[]` in the config; the VMM attaches devices in config order
-and a plugin cannot reorder them). Firecracker instead always attaches the root
-drive first so it is /dev/vda. Here the root drive keeps its place and
-`root=/dev/vd<letter>` names the letter it will actually get (counting the
-virtio-blk devices attached to this VM before it), so the kernel finds it either
-way; only configs that list the root drive later see their other drives on
-different letters than under Firecracker. With `partuuid`, `root=PARTUUID=...`
-is used and the letter does not matter. `ro`/`rw` follows `is_read_only`.
+order, i.e. attach order. As in Firecracker, the config loader
+(nodesvc.vmm.config) puts the root drive first, so it is /dev/vda, and refuses a
+second root drive before any KVM state exists. `root=/dev/vd<letter>` still names
+the letter the drive actually gets (counting the virtio-blk devices attached
+before it), so a VM built some other way boots too. With `partuuid`,
+`root=PARTUUID=...` is used. `ro`/`rw` follows `is_read_only`.
 
-Cross-drive rules (one root device, unique drive_id) need every drive of the VM:
-`validate()` sees one drive at a time, so they are enforced at attach, from
-per-VM state kept on the DeviceContext. That is still before the VM runs (the
-build fails and releases everything) but after KVM state exists.
+Unique drive_ids are checked at attach from per-VM state kept on the
+DeviceContext (validate() sees one drive at a time): still before the VM runs.
 """
 
 from __future__ import annotations
