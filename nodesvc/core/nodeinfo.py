@@ -21,7 +21,7 @@ def plugins() -> list[dict]:
     from ..plugins import PluginManager
     try:
         return [{"name": p.name, "distribution": p.distribution, "version": p.version}
-                for p in PluginManager().plugins()]
+                for p in PluginManager.shared().plugins()]
     except Exception as e:  # a broken third-party plugin must not break GetNodeInfo
         return [{"name": "(error)", "distribution": type(e).__name__, "version": str(e)}]
 

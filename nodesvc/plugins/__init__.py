@@ -2,9 +2,11 @@
 
 from .hookspecs import hookimpl, hookspec, PROJECT
 from .registry import DeviceRegistry, RateLimiterRegistry, RegistryError
-from .manager import PluginManager, PluginInfo, ENTRY_POINT_GROUP, BLOCK_ENV
+from .manager import (PluginManager, PluginInfo, ENTRY_POINT_GROUP, BLOCK_ENV, ESSENTIAL,
+                      EssentialPluginError, default_manager)
 
 __all__ = [
     "hookimpl", "hookspec", "PROJECT", "DeviceRegistry", "RateLimiterRegistry",
     "RegistryError", "PluginManager", "PluginInfo", "ENTRY_POINT_GROUP", "BLOCK_ENV",
+    "ESSENTIAL", "EssentialPluginError", "default_manager",
 ]
