@@ -27,7 +27,7 @@ import time
 
 from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
-from nodesvc.vmm.virtio.driver import CountingIrq, GuestDriver
+from nodesvc.testing import CountingIrq, GuestDriver
 from nodesvc.vmm.virtio.queue import _DESC
 from nodesvc_virtio_blk import VirtioBlock, parse_drive
 
@@ -96,6 +96,7 @@ class Bench:
 
     def close(self) -> None:
         self.t.close()
+        self.t.device.close()
         self.mem.close()
 
 

@@ -7,7 +7,7 @@ that implements any of these with `@hookimpl`:
 
     @hookimpl
     def register_devices(registry):
-        registry.add("serial", Uart16550.attach)
+        registry.add("serial", SerialKind)    # a nodesvc.vmm.device.DeviceKind
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def register_devices(registry: DeviceRegistry) -> None:
-    """Register device kinds: `registry.add(kind, factory)`.
+    """Register device kinds: `registry.add(kind, DeviceKindSubclass)`.
 
-    `factory(ctx: DeviceContext, config: Mapping) -> device` is called once per
-    VM build for every device of that kind (see nodesvc.vmm.device).
+    The class's classmethods validate each config, give each device its stable id,
+    order the kind's devices and attach them, once per VM build (see
+    nodesvc.vmm.device.DeviceKind). A bare `factory(ctx, config) -> device` is
+    accepted too, with an optional `factory.validate(config)`.
     """
 
 

@@ -52,7 +52,14 @@ class _Registry:
 
 
 class DeviceRegistry(_Registry):
+    """Device kinds: a `DeviceKind` subclass (nodesvc.vmm.device), or a bare
+    `factory(ctx, config)` with an optional `factory.validate`."""
     what = "device kind"
+
+    def kind(self, kind: str):
+        """The registered kind as a DeviceKind (validate, device_id, arrange, attach)."""
+        from nodesvc.vmm.device import as_device_kind
+        return as_device_kind(kind, self.get(kind))
 
 
 class RateLimiterRegistry(_Registry):

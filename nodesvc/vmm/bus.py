@@ -25,8 +25,9 @@ class Bus:
 
     def __init__(self, name: str):
         self.name = name
-        self._bases: list[int] = []
-        self._entries: list[tuple[int, int, BusDevice]] = []
+        # One immutable snapshot (bases, entries), replaced whole on insert: a lookup
+        # reads it once, so it never pairs one version's bases with another's entries.
+        self._table: tuple[tuple[int, ...], tuple[tuple[int, int, BusDevice], ...]] = ((), ())
         self._lock = threading.Lock()
         self.unhandled_reads = 0
         self.unhandled_writes = 0
@@ -35,20 +36,22 @@ class Bus:
         if length <= 0:
             raise BusConflict(f"{self.name}: empty range at {base:#x}")
         with self._lock:
-            for b, ln, dev in self._entries:
+            for b, ln, dev in self._table[1]:
                 if base < b + ln and b < base + length:
                     raise BusConflict(
                         f"{self.name}: [{base:#x}, {base + length:#x}) overlaps "
                         f"{type(dev).__name__} at [{b:#x}, {b + ln:#x})")
-            entries = sorted(self._entries + [(base, length, device)], key=lambda e: e[0])
-            self._entries, self._bases = entries, [e[0] for e in entries]
+            entries = tuple(sorted(self._table[1] + ((base, length, device),),
+                                   key=lambda e: e[0]))
+            self._table = (tuple(e[0] for e in entries), entries)
 
     def find(self, addr: int) -> tuple[BusDevice, int] | None:
         """Return (device, offset) for an address, or None."""
-        i = bisect.bisect_right(self._bases, addr) - 1
+        bases, entries = self._table
+        i = bisect.bisect_right(bases, addr) - 1
         if i >= 0:
-            base, length, dev = self._entries[i]
-            if addr < base + length:
+            base, length, dev = entries[i]
+            if base <= addr < base + length:
                 return dev, addr - base
         return None
 
@@ -69,4 +72,4 @@ class Bus:
         dev.write(off, size, value)
 
     def devices(self) -> list[tuple[int, int, BusDevice]]:
-        return list(self._entries)
+        return list(self._table[1])

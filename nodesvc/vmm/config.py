@@ -56,7 +56,6 @@ class DeviceSpec:
 class VmConfig:
     boot_source: BootSource
     machine_config: MachineConfig = field(default_factory=MachineConfig)
-    extras: dict = field(default_factory=dict)      # other recognised sections, raw
     devices: list[DeviceSpec] = field(default_factory=list)
 
 
@@ -153,19 +152,6 @@ def _devices(kind: str) -> Callable[[str, Any, dict], None]:
     return handler
 
 
-def _drives(key: str, v: Any, out: dict) -> None:
-    """Like Firecracker: the root drive is attached first (so it is /dev/vda), and there
-    is at most one; the other drives keep their order."""
-    before = len(out["devices"])
-    _devices("virtio-blk")(key, v, out)
-    drives = out["devices"][before:]
-    roots = [d for d in drives if d.config.get("is_root_device") is True]
-    if len(roots) > 1:
-        ids = ", ".join(repr(d.config.get("drive_id")) for d in roots)
-        raise _fail(key, f"only one drive may be the root device, got {ids}")
-    out["devices"][before:] = roots + [d for d in drives if d not in roots]
-
-
 def _device(kind: str) -> Callable[[str, Any, dict], None]:
     """Handler for a single-device section (vsock, entropy)."""
     def handler(key: str, v: Any, out: dict) -> None:
@@ -177,22 +163,16 @@ def _device(kind: str) -> Callable[[str, Any, dict], None]:
     return handler
 
 
-def _extra(key: str, v: Any, out: dict) -> None:
-    """Recognised section kept raw in VmConfig.extras for its own module to check."""
-    if v is not None:
-        out["extras"][key] = v
-
-
 SECTIONS: dict[str, Callable[[str, Any, dict], None]] = {
     "boot-source": _boot_source,
     "machine-config": _machine_config,
-    "drives": _drives,
+    "drives": _devices("virtio-blk"),     # the kind orders them (root first)
     "network-interfaces": _devices("virtio-net"),
     "pmem": _unsupported_list,
     "vsock": _device("vsock"),
     "entropy": _device("virtio-rng"),
     "balloon": _unsupported,
-    "logger": _unsupported,                     # later: _extra
+    "logger": _unsupported,
     "metrics": _unsupported,
     "mmds-config": _unsupported,
     "cpu-config": _unsupported,
@@ -214,10 +194,10 @@ def parse_config(obj: Any, *, host_mem_bytes: int | None = None) -> VmConfig:
     _check_keys("", obj, tuple(SECTIONS))
     if "boot-source" not in obj:
         raise _fail("boot-source", "required section is missing")
-    out: dict = {"machine_config": MachineConfig(), "extras": {}, "devices": []}
+    out: dict = {"machine_config": MachineConfig(), "devices": []}
     for key, value in obj.items():
         SECTIONS[key](key, value, out)
-    cfg = VmConfig(out["boot_source"], out["machine_config"], out["extras"], out["devices"])
+    cfg = VmConfig(out["boot_source"], out["machine_config"], out["devices"])
     validate(cfg, host_mem_bytes=host_mem_bytes)
     return cfg
 

@@ -1,15 +1,16 @@
-"""What a device plugin receives while a VM is being built, and what it returns.
+"""What a device plugin registers (a `DeviceKind`), what it receives while a VM is
+being built (a `DeviceContext`), and what it returns (the device).
 
-Device lifecycle: a factory registered by a plugin is called once per VM build
-with a `DeviceContext` and the device's config mapping. It inserts itself on a
+Device lifecycle: before any KVM state exists the builder calls the kind's
+`validate(config)` for every device, `device_id(config)` for its stable id and
+`arrange(configs)` once for all devices of the kind (cross-device rules, attach
+order). Then `attach(ctx, config)` runs once per device: it inserts itself on a
 bus, asks for IRQ lines, may append to the kernel command line, and returns the
 device object. From then on it is driven only by bus accesses (vCPU threads)
-and event-loop callbacks; it must never block either. Optional methods a
-device may provide (looked up by the VMM, all called outside hot paths):
-
-    console_input(data: bytes)  -- the device is a console; feed it keystrokes
-    send_ctrl_alt_del()         -- the device can ask the guest to shut down
-    close()                     -- release fds when the VM ends
+and event-loop callbacks; it must never block either. What else the VMM may ask
+of a device is declared by implementing a capability Protocol
+(nodesvc.vmm.capabilities: Console, PowerButton, Drive, RateLimited, BootClock,
+Closeable); all of those are called outside hot paths.
 """
 
 from __future__ import annotations
@@ -52,6 +53,65 @@ class DeviceContext:
     #: 4 KiB MMIO window and IRQ, and announces it on the kernel command line.
     add_virtio_device: Callable[..., Any] | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("nodesvc.vmm.device"))
+    #: the VM's DeviceManager (devices attached so far)
+    devices: Any = None
+
+    def attached(self, kind: str) -> int:
+        """How many devices of `kind` were attached before this one."""
+        return 0 if self.devices is None else sum(1 for k in self.devices.ids() if k.kind == kind)
 
 
 DeviceFactory = Callable[[DeviceContext, Mapping[str, Any]], Any]
+
+
+class DeviceKind:
+    """What a plugin registers for one device kind: `registry.add(Kind.kind, Kind)`.
+
+    Every method is a classmethod with a default, so a kind implements only `attach`
+    and what its configuration needs. All but `attach` run before any KVM state exists
+    and must raise `ConfigError` (one line naming the key) on bad input.
+    """
+    kind: str = ""
+
+    @classmethod
+    def validate(cls, config: Mapping[str, Any]) -> None:
+        """Refuse a bad config for one device."""
+
+    @classmethod
+    def device_id(cls, config: Mapping[str, Any]) -> str:
+        """The device's stable id within its kind (the default: the kind; one per VM)."""
+        return cls.kind
+
+    @classmethod
+    def arrange(cls, configs: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """All configs of this kind at once, in config order: check rules that span
+        devices and return them in the order to attach them."""
+        return configs
+
+    @classmethod
+    def attach(cls, ctx: DeviceContext, config: Mapping[str, Any]) -> Any:
+        raise NotImplementedError(f"device kind {cls.kind!r} has no attach")
+
+
+class FactoryKind(DeviceKind):
+    """A bare `factory(ctx, config)` registered the old way (with an optional
+    `factory.validate`), seen as a DeviceKind."""
+
+    def __init__(self, kind: str, factory: DeviceFactory):
+        self.kind, self._factory = kind, factory
+        validate = getattr(factory, "validate", None)
+        if validate is not None:
+            self.validate = validate
+
+    def device_id(self, config) -> str:    # one per VM, named by the kind
+        return self.kind
+
+    def attach(self, ctx, config):
+        return self._factory(ctx, config)
+
+
+def as_device_kind(kind: str, registered: Any) -> DeviceKind | type[DeviceKind]:
+    """The DeviceKind behind whatever was registered for `kind`."""
+    if isinstance(registered, type) and issubclass(registered, DeviceKind):
+        return registered
+    return FactoryKind(kind, registered)

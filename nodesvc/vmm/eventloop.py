@@ -19,7 +19,8 @@ log = logging.getLogger("nodesvc.vmm.eventloop")
 
 
 class EventLoop:
-    def __init__(self, on_error: Callable[[BaseException], None] | None = None):
+    def __init__(self, on_error: Callable[[BaseException], None] | None = None,
+                 on_start: Callable[[], None] | None = None):
         self._ep = select.epoll()
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -28,6 +29,7 @@ class EventLoop:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.on_error = on_error
+        self.on_start = on_start    # first thing on the loop thread (seccomp, in a jail)
 
     def add_reader(self, fd: int, callback: Callable[[int], None]) -> None:
         """Call `callback(events)` whenever `fd` is readable (level-triggered)."""
@@ -69,6 +71,8 @@ class EventLoop:
                 self.on_error(e)
 
     def _run(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
         while not self._stopping:
             try:
                 events = self._ep.poll(1.0)

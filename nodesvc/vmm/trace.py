@@ -94,16 +94,16 @@ def wait_first_run(vm, timeout: float = 0.25) -> float | None:
 
 
 class BootWatch:
-    """Waits in a thread for the VM's boot-timer device (duck-typed: `wait`, `boot_time`)
-    to fire, then calls `wake()`; the VMM's main loop then sends `take_event()` out."""
+    """Waits in a thread for the VM's boot clock (a BootClock device) to fire, then calls
+    `wake()`; the VMM's main loop then sends `take_event()` out."""
 
     def __init__(self, dev, wake):
         self.dev, self.wake, self.sent = dev, wake, False
 
     @classmethod
     def start(cls, vm, wake) -> "BootWatch | None":
-        dev = next((d for d in vm.devices.values()
-                    if hasattr(d, "boot_time") and callable(getattr(d, "wait", None))), None)
+        from .capabilities import BootClock
+        dev = vm.devices.find(BootClock)
         if dev is None:
             return None
         w = cls(dev, wake)

@@ -39,9 +39,11 @@ class VcpuStats:
 
 
 class VcpuThread:
-    def __init__(self, vcpu, pio_bus, mmio_bus, memory, on_exit: Callable[[VmExit], None]):
+    def __init__(self, vcpu, pio_bus, mmio_bus, memory, on_exit: Callable[[VmExit], None],
+                 on_start: Callable[[], None] | None = None):
         self.vcpu, self.pio_bus, self.mmio_bus, self.memory = vcpu, pio_bus, mmio_bus, memory
         self.on_exit = on_exit
+        self.on_start = on_start    # first thing on the thread, before KVM_RUN (seccomp)
         self.stats = VcpuStats()
         self._stop = False
         self._paused = self._parked = False
@@ -95,6 +97,8 @@ class VcpuThread:
 
     def _main(self) -> None:
         try:
+            if self.on_start is not None:
+                self.on_start()
             result = self._loop()
         except Exception as e:  # device bugs end the VM cleanly, with the reason
             log.exception("vCPU %d failed", self.vcpu.index)

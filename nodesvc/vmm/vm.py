@@ -1,58 +1,50 @@
 """`MicroVm`: builds one VM from a validated `VmConfig` and runs it to its end.
 
-Build steps (each small, in order, timed in `phases` for tracing and benchmarks):
-kvm → memory → kernel → devices → boot data → vcpus. Plugin hooks run here,
-during the build, never per exit. `run()` starts the event loop and vCPU
+Build steps (nodesvc.vmm.builder; each small, in order, timed in `phases` for tracing
+and benchmarks): plugins → kvm → memory → kernel → devices → boot data → vcpus. Plugin
+hooks run here, during the build, never per exit. Devices live in `devices`, a
+DeviceManager keyed by stable `(kind, id)`. `run()` starts the event loop and vCPU
 threads and returns the first `VmExit` any of them (or `stop()`) reports.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
-from . import cmdline as cmdline_mod
-from . import x86
-from .boot import gdt, initrd as initrd_mod, kernel as kernel_mod, mptable, zeropage
+from .builder import BOOT_STEPS, Builder
 from .bus import Bus
-from .device import DeviceContext
-from .errors import ConfigError, KvmError
-from .eventloop import EventLoop
+from .capabilities import Console, PowerButton
+from .devices import DeviceManager
 from .exits import ExitReason, VmExit
 from .irq import IrqFdLine
-from .kvm import Kvm
-from .memory import GuestMemory
-from .ratelimit import limiter_builder
 from .vcpu import VcpuThread, install_kick_handler
-from .virtio import VirtioMmioTransport, constants as V
+from .virtio import VirtioMmioTransport
 
 log = logging.getLogger("nodesvc.vmm")
 
-TSS_ADDR = 0xFFFB_D000
-IDENTITY_MAP_ADDR = 0xFFFB_C000
-#: Devices every VM gets (like Firecracker's legacy devices), then the config's own.
-DEFAULT_DEVICES = (("serial", {}), ("i8042", {}))
-VIRTIO_MMIO_BASE = 0xD000_0000
-VIRTIO_FIRST_IRQ = 5
-VIRTIO_MAX_DEVICES = 24 - VIRTIO_FIRST_IRQ  # IOAPIC pins 5..23
-
 
 class MicroVm:
+    """`thread_hooks`: {"vcpu": fn, "loop": fn}, each `fn()` called first thing on every
+    thread of that kind, before it runs any guest-driven work (the jail installs its
+    per-thread seccomp filters there)."""
+
     def __init__(self, config, *, vm_id: str = "vm0", console_out=None,
                  console_in_fd: int | None = None, console_escape: bool = False,
-                 plugins=None):
+                 plugins=None, thread_hooks: dict | None = None):
         self.config, self.vm_id = config, vm_id
         self.console_out = console_out if console_out is not None else _NullSink()
         self.console_in_fd, self.console_escape = console_in_fd, console_escape
         self._plugins = plugins
+        self.thread_hooks = dict(thread_hooks or {})
         self.phases: dict[str, float] = {}
         #: phase name -> (start, end) on the time.monotonic() clock, for tracing
         self.phase_times: dict[str, tuple[float, float]] = {}
         self.created_at = time.monotonic()
-        self.devices: dict[str, object] = {}
+        self.devices = DeviceManager()
         self.cmdline = ""
+        self.kernel = None
         self._exit: VmExit | None = None
         self._done = threading.Event()
         self._exit_lock = threading.Lock()
@@ -63,6 +55,7 @@ class MicroVm:
         self.paused = False
         self.kvm = self.vm = self.memory = self.loop = None
         self.pio_bus, self.mmio_bus = Bus("pio"), Bus("mmio")
+        self.builder: Builder | None = None
 
     # -- build ----------------------------------------------------------------
     def _phase(self, name: str, t0: float) -> None:
@@ -76,110 +69,20 @@ class MicroVm:
         first = [v.stats.first_run_at for v in self._vcpus if v.stats.first_run_at]
         return min(first) if first else None
 
-    def build(self) -> None:
+    def build(self, steps: tuple[str, ...] = BOOT_STEPS) -> None:
+        """Run the builder's steps (all of a boot by default; see nodesvc.vmm.builder)."""
         if self._built:
             return
         self._built = True
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-
-    def _build(self) -> None:
-        mc, bs = self.config.machine_config, self.config.boot_source
-        t = time.monotonic()
         if self._plugins is None:
             from ..plugins import PluginManager
             self._plugins = PluginManager()
-        registry = self._plugins.device_registry()
-        specs = list(DEFAULT_DEVICES) + [(d.kind, d.config) for d in self.config.devices]
-        for kind, cfg in specs:  # unknown kinds and bad device configs fail before KVM exists
-            validate = getattr(registry.get(kind), "validate", None)
-            if validate is not None:
-                validate(cfg)
-        self._phase("plugins", t)
-
-        t = time.monotonic()
-        self.kvm = Kvm()
-        missing = self.kvm.missing_caps()
-        if missing:
-            raise KvmError("KVM_CHECK_EXTENSION", 0, "host KVM lacks " + ", ".join(missing))
-        self.vm = self.kvm.create_vm()
-        self.vm.set_tss_addr(TSS_ADDR)
-        self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
-        self.vm.create_irqchip()
-        self.vm.create_pit2()
-        self._phase("kvm", t)
-
-        t = time.monotonic()
-        self.memory = GuestMemory(mc.mem_size_mib << 20)
-        self.memory.register(self.vm)
-        self._phase("memory", t)
-
-        t = time.monotonic()
-        image = kernel_mod.load_kernel(self.memory, bs.kernel_image_path)
-        rd = None
-        if bs.initrd_path:
-            rd = initrd_mod.load_initrd(self.memory, bs.initrd_path, image.load_end,
-                                       image.initrd_addr_max)
-        self.kernel = image
-        self._phase("kernel", t)
-
-        t = time.monotonic()
-        self.loop = EventLoop(on_error=lambda e: self.request_exit(
-            VmExit(ExitReason.DEVICE_ERROR, f"event loop: {type(e).__name__}: {e}")))
-        ctx = DeviceContext(vm_id=self.vm_id, memory=self.memory, pio_bus=self.pio_bus,
-                            mmio_bus=self.mmio_bus, event_loop=self.loop,
-                            irq_line=self._irq_line, console_out=self.console_out,
-                            request_exit=self.request_exit,
-                            add_virtio_device=self._add_virtio_device,
-                            rate_limiter=limiter_builder(self._plugins.rate_limiter_registry(),
-                                                         self.loop))
-        self._ctx = ctx
-        for n, (kind, cfg) in enumerate(specs):
-            name = kind if kind not in self.devices else f"{kind}{n}"
-            self.devices[name] = registry.get(kind)(ctx, cfg)
-        self._phase("devices", t)
-
-        t = time.monotonic()
-        self.cmdline = cmdline_mod.compose(bs.boot_args, ctx.cmdline)
-        zeropage.write_boot_params(self.memory, cmdline=self.cmdline.encode(), initrd=rd,
-                                   setup_header=image.setup_header, rng_seed=os.urandom(32))
-        mptable.write_mptable(self.memory, mc.vcpu_count)
-        gdt.write_gdt_idt(self.memory)
-        gdt.write_page_tables(self.memory)
-        self._phase("boot-data", t)
-
-        t = time.monotonic()
-        supported = self.kvm.supported_cpuid()
-        pv_off = x86.PVM_KVM_FEATURES_OFF if cmdline_mod.host_is_nested_pvm() else 0
-        for i in range(mc.vcpu_count):
-            vcpu = self.vm.create_vcpu(i)
-            x86.configure_vcpu(vcpu, i, mc.vcpu_count, supported, image.entry,
-                               kvm_features_off=pv_off)
-            self._vcpus.append(VcpuThread(vcpu, self.pio_bus, self.mmio_bus, self.memory,
-                                          self.request_exit))
-        self._phase("vcpus", t)
-
-    def _add_virtio_device(self, device, name: str = "virtio") -> VirtioMmioTransport:
-        n = len(self.transports)
-        if n >= VIRTIO_MAX_DEVICES:
-            raise ConfigError(f"too many virtio devices (at most {VIRTIO_MAX_DEVICES})")
-        base, irq = VIRTIO_MMIO_BASE + n * V.MMIO_WINDOW, VIRTIO_FIRST_IRQ + n
-        t = VirtioMmioTransport(device, memory=self.memory, irq=self._irq_line(irq),
-                                event_loop=self.loop, vm=self.vm, base=base, name=name)
-        self.mmio_bus.insert(base, V.MMIO_WINDOW, t)
-        self._ctx.cmdline.append(f"virtio_mmio.device=4K@{base:#x}:{irq}")
-        self.transports.append(t)
-        return t
-
-    def _irq_line(self, gsi: int) -> IrqFdLine:
-        if not 0 <= gsi < 24:
-            raise ConfigError(f"IRQ {gsi} is outside the IOAPIC's 24 pins")
-        if gsi not in self._irqs:
-            self._irqs[gsi] = IrqFdLine(self.vm, gsi)
-        return self._irqs[gsi]
+        self.builder = Builder(self, self._plugins)
+        try:
+            self.builder.run(*steps)
+        except BaseException:
+            self.close()
+            raise
 
     # -- run ------------------------------------------------------------------
     def request_exit(self, result: VmExit) -> None:
@@ -193,14 +96,12 @@ class MicroVm:
         self.request_exit(VmExit(ExitReason.STOPPED, detail))
 
     def send_ctrl_alt_del(self) -> bool:
-        for dev in self.devices.values():
-            if hasattr(dev, "send_ctrl_alt_del"):
-                dev.send_ctrl_alt_del()
-                return True
-        return False
+        """True if a power-button device took the request."""
+        dev = self.devices.find(PowerButton)
+        return dev is not None and dev.send_ctrl_alt_del() is not False
 
     def console_device(self):
-        return next((d for d in self.devices.values() if hasattr(d, "console_input")), None)
+        return self.devices.find(Console)
 
     def start(self) -> None:
         """Build (if needed) and start the event loop and vCPU threads; returns at once."""
@@ -277,18 +178,13 @@ class MicroVm:
     def close(self) -> None:
         if self.loop is not None:
             self.loop.stop()  # no callback may run while devices close their fds
-        for t in self.transports:
+        for t in self.transports:   # their notify fds; the devices close below, once
             t.close()
         self.transports = []
         if self.loop is not None:
             self.loop.close()
             self.loop = None
-        for dev in self.devices.values():
-            if hasattr(dev, "close"):
-                try:
-                    dev.close()
-                except Exception:
-                    log.exception("closing device failed")
+        self.devices.close()
         for v in self._vcpus:
             if v.join(timeout=0):
                 v.vcpu.close()

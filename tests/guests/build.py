@@ -28,7 +28,8 @@ GUEST_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTDIR = GUEST_DIR / "out"
 
 #: Every guest, in a sensible order for `build_all`.
-GUESTS = ("hello", "bootinfo", "smp", "badinsn", "triple", "echo", "ioloop", "idle")
+GUESTS = ("hello", "bootinfo", "smp", "badinsn", "triple", "echo", "ioloop", "idle",
+          "virtio_kick")
 
 COMMON_SOURCES = ("lib.c", "start.S")
 EXTRA_SOURCES = {"smp": ("trampoline.S",)}

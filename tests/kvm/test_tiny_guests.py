@@ -142,5 +142,5 @@ def test_boot_timer_records_guest_boot_time(run_tiny):
 
     r = run_tiny("hello", boot_args="boottimer=1", devices=[DeviceSpec("boot-timer", {})])
     assert r.result.reason is ExitReason.GUEST_RESET
-    timer = r.vm.devices["boot-timer"]
+    timer = r.vm.devices.get("boot-timer", "boot-timer")
     assert timer.boot_time is not None and 0 < timer.boot_time < 10

@@ -9,7 +9,7 @@ import pytest
 from nodesvc.vmm.bus import Bus
 from nodesvc.vmm.errors import ConfigError
 from nodesvc_boot_timer import BOOT_TIMER_ADDR, MAGIC_BOOT_COMPLETE, BootTimer
-from nodesvc_boot_timer.plugin import attach
+from nodesvc_boot_timer.plugin import attach, validate
 
 
 def test_magic_byte_records_boot_time(caplog):
@@ -49,10 +49,10 @@ def test_attach_places_it_below_the_virtio_windows():
 
 
 def test_config_takes_no_keys():
-    attach.validate({})
-    attach.validate(None)
+    validate({})
+    validate(None)
     with pytest.raises(ConfigError, match="boot-timer.address: unknown key"):
-        attach.validate({"address": 1})
+        validate({"address": 1})
 
 
 def test_registered_through_the_entry_point():

@@ -83,14 +83,14 @@ def test_firecracker_sample_shape(kernel, tmp_path):
     path.write_text(json.dumps(sample))
     got = load_config_file(str(path), host_mem_bytes=HOST)
     assert got == VmConfig(BootSource(kernel, "console=ttyS0 reboot=k panic=1", None),
-                           MachineConfig(vcpu_count=2, mem_size_mib=1024), {}, [])
+                           MachineConfig(vcpu_count=2, mem_size_mib=1024), [])
 
 
 def test_defaults_match_firecracker(kernel):
     got = parse_config({"boot-source": {"kernel_image_path": kernel}}, host_mem_bytes=HOST)
     assert got.machine_config == MachineConfig(1, 128, False, False, "None", None)
     assert got.boot_source == BootSource(kernel, None, None)
-    assert got.extras == {} and got.devices == []
+    assert got.devices == []
     assert parse_config({**cfg(kernel), "machine-config": None},
                         host_mem_bytes=HOST).machine_config == MachineConfig()
 
@@ -347,12 +347,9 @@ def test_section_table_is_the_single_source():
 
 
 def test_enabling_a_section_is_one_line(kernel, monkeypatch):
-    monkeypatch.setitem(C.SECTIONS, "drives", C._devices("virtio-block"))
-    monkeypatch.setitem(C.SECTIONS, "logger", C._extra)
-    got = parse_config({**cfg(kernel), "drives": [{"drive_id": "rootfs"}],
-                        "logger": {"level": "Info"}}, host_mem_bytes=HOST)
-    assert got.devices == [C.DeviceSpec("virtio-block", {"drive_id": "rootfs"})]
-    assert got.extras == {"logger": {"level": "Info"}}
+    monkeypatch.setitem(C.SECTIONS, "pmem", C._devices("virtio-pmem"))
+    got = parse_config({**cfg(kernel), "pmem": [{"id": "p0"}]}, host_mem_bytes=HOST)
+    assert got.devices == [C.DeviceSpec("virtio-pmem", {"id": "p0"})]
 
 
 # --- files -----------------------------------------------------------------------------
@@ -381,17 +378,3 @@ def test_validate_programmatic_config(kernel):
     with pytest.raises(ConfigError, match="^machine-config.vcpu_count: must be between"):
         validate(vm, host_mem_bytes=HOST)
     validate(VmConfig(BootSource(kernel)), host_mem_bytes=HOST)
-
-
-def test_root_drive_is_attached_first_like_firecracker(kernel):
-    drives = [{"drive_id": "data", "is_root_device": False},
-              {"drive_id": "rootfs", "is_root_device": True},
-              {"drive_id": "logs", "is_root_device": False}]
-    c = parse_config({**cfg(kernel), "drives": drives}, host_mem_bytes=HOST)
-    assert [d.config["drive_id"] for d in c.devices] == ["rootfs", "data", "logs"]
-
-
-def test_two_root_drives_are_refused(kernel):
-    drives = [{"drive_id": "a", "is_root_device": True}, {"drive_id": "b", "is_root_device": True}]
-    assert err({**cfg(kernel), "drives": drives}) == \
-        "drives: only one drive may be the root device, got 'a', 'b'"

@@ -229,6 +229,6 @@ def test_non_byte_access_is_ignored(env):
 def test_plugin_loads_through_entry_points():
     reg = PluginManager(blocked=[]).device_registry()
     assert "i8042" in reg and "serial" in reg
-    assert reg.get("i8042") is plugin.attach
+    assert reg.get("i8042") is plugin.I8042Kind
     with pytest.raises(ConfigError, match="cannot be blocked"):   # essential plugins
         PluginManager(blocked=["serial"])

@@ -365,7 +365,7 @@ def test_plugin_loads_through_entry_points():
     pm = PluginManager(blocked=[])
     reg = pm.device_registry()
     assert "serial" in reg and "i8042" in reg
-    assert reg.get("serial") is plugin.attach
+    assert reg.get("serial") is plugin.Serial
     names = {p.name: p.distribution for p in pm.plugins()}
     assert names["serial"] == "nodesvc-serial"
     with pytest.raises(ConfigError, match="cannot be blocked"):   # essential plugins

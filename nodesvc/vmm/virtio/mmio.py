@@ -1,8 +1,11 @@
 """virtio-mmio transport (version 2): the register state machine for one device.
 
 Register accesses arrive on vCPU threads; queue notifications arrive as
-ioeventfds on the event-loop thread, where the device does its work. Interrupts
-go out through the device's IRQ line (an irqfd). One lock guards the registers.
+ioeventfds (registered when the device is attached, see `register_notify_fds`) on
+the event-loop thread, where the device does its work. Interrupts go out through the
+device's IRQ line (an irqfd). One lock guards the registers; the device's
+`activate`/`reset` run after it is released (serialized by a second lock), so a
+device may use its interrupt handle (signal_config, fail) from them.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ class VirtioMmioTransport:
         self.queues = [Virtqueue(n) for n in device.queue_sizes]
         self.offered = device.features | V.TRANSPORT_FEATURES
         self._lock = threading.Lock()
+        self._lifecycle = threading.Lock()     # orders activate/reset calls; never nested in _lock
         self._notify_fds: list[EventFd] = []
         self.failure: str | None = None
+        self.notify_traps = 0   # QUEUE_NOTIFY writes that reached us as MMIO exits
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -83,10 +88,15 @@ class VirtioMmioTransport:
             return
         if size != 4:
             return
-        with self._lock:
-            self._write_reg(offset, value)
+        with self._lifecycle:
+            with self._lock:
+                after = self._write_reg(offset, value)
+            if after is not None:
+                after()
 
-    def _write_reg(self, off: int, value: int) -> None:
+    def _write_reg(self, off: int, value: int):
+        """Apply a register write; returns the device call (activate/reset) to make once
+        the register lock is released, if any."""
         q = self._selected()
         features_phase = self.status & V.S_DRIVER and not self.status & V.S_FEATURES_OK
         queue_phase = self.status & V.S_FEATURES_OK and not self.status & V.S_DRIVER_OK
@@ -102,12 +112,13 @@ class VirtioMmioTransport:
             self.queue_sel = value
         elif off == V.QUEUE_NOTIFY:
             # Normally swallowed by the ioeventfd; this is the slow path (e.g. no ioeventfd).
+            self.notify_traps += 1
             if self.active and value < len(self.queues):
                 self.loop.call_soon(lambda i=value: self._notify(i))
         elif off == V.INTERRUPT_ACK:
             self.interrupt_status &= ~value
         elif off == V.STATUS:
-            self._set_status(value)
+            return self._set_status(value)
         elif q is not None and queue_phase and not q.ready:
             self._write_queue_reg(q, off, value)
         elif q is not None and off == V.QUEUE_READY and queue_phase:
@@ -136,44 +147,48 @@ class VirtioMmioTransport:
         return self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
 
     # -- status state machine ---------------------------------------------------------------
-    def _set_status(self, value: int) -> None:
+    def _set_status(self, value: int):
         if value == 0:
-            self._reset()
-            return
+            return self._reset()
         if value & ~self.status & V.S_FEATURES_OK:
             if self.driver_features & ~self.offered or not self.driver_features >> V.F_VERSION_1 & 1:
                 value &= ~V.S_FEATURES_OK  # refuse: unknown features, or a legacy driver
         if value & ~self.status & V.S_DRIVER_OK and not value & V.S_FAILED:
             self.status = value
-            self._activate()
-            return
+            return self._activate()
         self.status = value | (self.status & V.S_NEEDS_RESET)
+        return None
 
-    def _activate(self) -> None:
+    def _activate(self):
         if not self.status & V.S_FEATURES_OK:
             self._fail_locked("DRIVER_OK without FEATURES_OK")
-            return
+            return None
         for i, q in enumerate(self.queues):
             if not q.ready:
                 continue
             problem = q.validate(self.memory)
             if problem:
                 self._fail_locked(f"queue {i}: {problem}")
-                return
+                return None
         event_idx = bool(self.driver_features >> V.F_EVENT_IDX & 1)
         for q in self.queues:
             if q.ready:
                 q.activate(self.memory, event_idx)
         self.device.acked_features = self.driver_features
         self.active = True
-        self._register_notify_fds()
+        return self._activate_device
+
+    def _activate_device(self) -> None:
         try:
             self.device.activate(self.queues, _Interrupt(self))
         except Exception as e:  # a device that cannot start fails visibly, the VM lives on
             log.warning("%s: activation failed: %s", self.name, e)
-            self._fail_locked(f"activation failed: {e}")
+            self.fail(f"activation failed: {e}")
 
-    def _register_notify_fds(self) -> None:
+    def register_notify_fds(self) -> None:
+        """One ioeventfd per queue on QUEUE_NOTIFY (datamatch = queue index), read on the
+        event loop. Done once, when the device is attached: kicks before DRIVER_OK are
+        ignored by `_notify`, and no vCPU thread ever issues KVM_IOEVENTFD."""
         if self.vm is None or self._notify_fds:
             return
         for i, q in enumerate(self.queues):
@@ -194,12 +209,11 @@ class VirtioMmioTransport:
         except VirtqueueError as e:
             self.fail(str(e))
 
-    def _reset(self) -> None:
-        was_active = self.active
+    def _reset(self):
+        was_active = self.active or self.failure is not None
         self._reset_state()
         self.failure = None
-        if was_active:
-            self.device.reset()
+        return self.device.reset if was_active else None
 
     # -- failure and interrupts -------------------------------------------------------------
     def fail(self, reason: str) -> None:
@@ -221,11 +235,12 @@ class VirtioMmioTransport:
         self.irq.trigger()
 
     def close(self) -> None:
+        """Release the transport's own fds. The device is closed by its owner (the VM's
+        DeviceManager), exactly once."""
         for evt in self._notify_fds:
             self.loop.remove_reader(evt.fd)
             evt.close()
         self._notify_fds = []
-        self.device.close()
 
 
 class _Interrupt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from nodesvc.plugins import hookimpl
+from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 
 from .device import BOOT_TIMER_ADDR, BOOT_TIMER_LEN, BootTimer
@@ -24,18 +25,23 @@ def validate(config: Mapping[str, Any] | None) -> None:
         raise ConfigError(f"boot-timer.{key}: unknown key; the boot timer takes no options")
 
 
-def attach(ctx, config: Mapping[str, Any] | None = None) -> BootTimer:
-    """Factory: the clock starts now, during the VM build, before any vCPU runs."""
-    validate(config)
-    dev = BootTimer()
-    ctx.mmio_bus.insert(BOOT_TIMER_ADDR, BOOT_TIMER_LEN, dev)
-    dev.address = BOOT_TIMER_ADDR
-    return dev
+class BootTimerKind(DeviceKind):
+    kind = KIND     # one per VM, id "boot-timer"
+    validate = staticmethod(validate)
+
+    @classmethod
+    def attach(cls, ctx, config: Mapping[str, Any] | None = None) -> BootTimer:
+        """The clock starts now, during the VM build, before any vCPU runs."""
+        validate(config)
+        dev = BootTimer()
+        ctx.mmio_bus.insert(BOOT_TIMER_ADDR, BOOT_TIMER_LEN, dev)
+        dev.address = BOOT_TIMER_ADDR
+        return dev
 
 
-attach.validate = validate
+attach = BootTimerKind.attach
 
 
 @hookimpl
 def register_devices(registry) -> None:
-    registry.add(KIND, attach)
+    registry.add(KIND, BootTimerKind)

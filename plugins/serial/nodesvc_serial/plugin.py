@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from nodesvc.plugins import hookimpl
+from nodesvc.vmm.device import DeviceKind
 
 from .uart import Uart16550
 
@@ -18,20 +19,28 @@ def _int(value: Any) -> int:
     return int(value, 0) if isinstance(value, str) else int(value)
 
 
-def attach(ctx, config: Mapping[str, Any] | None = None) -> Uart16550:
-    """Factory: put a UART on the PIO bus and wire it to the VM's console sink.
+class Serial(DeviceKind):
+    """The console every VM gets (id "serial")."""
+    kind = "serial"
 
-    The VMM adds `console=ttyS0` to the command line itself, so nothing is appended here.
-    """
-    config = config or {}
-    port = _int(config.get("port", DEFAULT_PORT))
-    irq = _int(config.get("irq", DEFAULT_IRQ))
-    uart = Uart16550(ctx.irq_line(irq), ctx.console_out)
-    ctx.pio_bus.insert(port, PORT_SPAN, uart)
-    uart.port, uart.irq_gsi = port, irq
-    return uart
+    @classmethod
+    def attach(cls, ctx, config: Mapping[str, Any] | None = None) -> Uart16550:
+        """Put a UART on the PIO bus and wire it to the VM's console sink.
+
+        The VMM adds `console=ttyS0` to the command line itself, so nothing is appended here.
+        """
+        config = config or {}
+        port = _int(config.get("port", DEFAULT_PORT))
+        irq = _int(config.get("irq", DEFAULT_IRQ))
+        uart = Uart16550(ctx.irq_line(irq), ctx.console_out)
+        ctx.pio_bus.insert(port, PORT_SPAN, uart)
+        uart.port, uart.irq_gsi = port, irq
+        return uart
+
+
+attach = Serial.attach
 
 
 @hookimpl
 def register_devices(registry) -> None:
-    registry.add("serial", attach)
+    registry.add(Serial.kind, Serial)

@@ -6,7 +6,8 @@
 
 Every failure is a one-line ConfigError starting with `drives[<drive_id>].<key>`.
 Checks that need all drives at once (one root device, unique ids) cannot run here:
-`validate()` sees one drive at a time, so they run at attach (see plugin.py).
+`validate()` sees one drive at a time; they run in the builder's device plan (the
+kind's `arrange` in plugin.py, and the builder's unique-id check).
 """
 
 from __future__ import annotations
@@ -105,5 +106,5 @@ def parse_drive(config: Mapping[str, Any]) -> DriveConfig:
 
 
 def validate(config: Mapping[str, Any]) -> None:
-    """The factory's `validate` hook: called by the VMM before any KVM state exists."""
+    """The kind's `validate`: called by the VMM before any KVM state exists."""
     parse_drive(config)

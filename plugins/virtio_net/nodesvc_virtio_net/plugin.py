@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from nodesvc.net.tap import open_tap
 from nodesvc.plugins import hookimpl
+from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 
 from . import config as net_config
@@ -24,7 +25,21 @@ def validate(config: Mapping[str, Any]) -> None:
     net_config.parse(config)
 
 
-def attach(ctx, config: Mapping[str, Any]) -> VirtioNet:
+class VirtioNetKind(DeviceKind):
+    """One device per interface, id = iface_id."""
+    kind = KIND
+    validate = staticmethod(validate)
+
+    @classmethod
+    def device_id(cls, config) -> str:
+        return config["iface_id"]
+
+    @classmethod
+    def attach(cls, ctx, config: Mapping[str, Any]) -> VirtioNet:
+        return _attach(ctx, config)
+
+
+def _attach(ctx, config: Mapping[str, Any]) -> VirtioNet:
     cfg = net_config.parse(config)
     where = f"network-interfaces[{cfg.iface_id}]"
     try:
@@ -51,9 +66,9 @@ def attach(ctx, config: Mapping[str, Any]) -> VirtioNet:
     return dev
 
 
-attach.validate = validate
+attach = VirtioNetKind.attach
 
 
 @hookimpl
 def register_devices(registry) -> None:
-    registry.add(KIND, attach)
+    registry.add(KIND, VirtioNetKind)

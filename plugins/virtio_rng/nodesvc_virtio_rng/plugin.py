@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from nodesvc.plugins import hookimpl
+from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import parse_limiter_config
 
@@ -15,6 +16,7 @@ from .device import VirtioRng
 
 KIND = "virtio-rng"
 KEYS = ("rate_limiter",)
+DEVICE_ID = "entropy"     # Firecracker's name for it (PATCH /entropy, UpdateRateLimiter)
 
 
 def validate(config: Mapping[str, Any] | None) -> None:
@@ -28,26 +30,36 @@ def validate(config: Mapping[str, Any] | None) -> None:
     parse_limiter_config(config.get("rate_limiter"), "entropy.rate_limiter")
 
 
-def attach(ctx, config: Mapping[str, Any] | None = None) -> VirtioRng:
-    config = config or {}
-    validate(config)
-    limiter = None
-    if parse_limiter_config(config.get("rate_limiter")):
-        limiter = ctx.rate_limiter(config["rate_limiter"])
-        if limiter is None:
-            ctx.log.warning("entropy: rate_limiter given but no limiter was built")
-    dev = VirtioRng(limiter=limiter, limiter_builder=ctx.rate_limiter, event_loop=ctx.event_loop)
-    try:
-        dev.transport = ctx.add_virtio_device(dev, KIND)
-    except BaseException:
-        dev.close()
-        raise
-    return dev
+class VirtioRngKind(DeviceKind):
+    kind = KIND
+    validate = staticmethod(validate)
+
+    @classmethod
+    def device_id(cls, config) -> str:
+        return DEVICE_ID
+
+    @classmethod
+    def attach(cls, ctx, config: Mapping[str, Any] | None = None) -> VirtioRng:
+        config = config or {}
+        validate(config)
+        limiter = None
+        if parse_limiter_config(config.get("rate_limiter")):
+            limiter = ctx.rate_limiter(config["rate_limiter"])
+            if limiter is None:
+                ctx.log.warning("entropy: rate_limiter given but no limiter was built")
+        dev = VirtioRng(limiter=limiter, limiter_builder=ctx.rate_limiter,
+                        event_loop=ctx.event_loop)
+        try:
+            dev.transport = ctx.add_virtio_device(dev, KIND)
+        except BaseException:
+            dev.close()
+            raise
+        return dev
 
 
-attach.validate = validate
+attach = VirtioRngKind.attach
 
 
 @hookimpl
 def register_devices(registry) -> None:
-    registry.add(KIND, attach)
+    registry.add(KIND, VirtioRngKind)

@@ -8,6 +8,7 @@ import stat
 from typing import Any, Mapping
 
 from nodesvc.plugins import hookimpl
+from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 
 from .device import VsockDevice
@@ -52,25 +53,31 @@ def validate(config: Mapping[str, Any] | None) -> None:
         raise ConfigError(f"vsock.vsock_id: must be a string, got {_show(vid)}")
 
 
-def attach(ctx, config: Mapping[str, Any]) -> VsockDevice:
-    """Factory: listen on `uds_path` and plug the device into a virtio-mmio slot."""
-    validate(config)
-    try:
-        dev = VsockDevice(config["guest_cid"], config["uds_path"], ctx.event_loop)
-    except OSError as e:
-        raise ConfigError(f"vsock.uds_path: cannot listen on {config['uds_path']}: "
-                          f"{e.strerror or e}") from None
-    try:
-        dev.transport = ctx.add_virtio_device(dev, config.get("vsock_id") or KIND)
-    except BaseException:
-        dev.close()
-        raise
-    return dev
+class VsockKind(DeviceKind):
+    """One per VM, id "vsock" (Firecracker's `vsock_id` is only a label)."""
+    kind = KIND
+    validate = staticmethod(validate)
+
+    @classmethod
+    def attach(cls, ctx, config: Mapping[str, Any]) -> VsockDevice:
+        """Listen on `uds_path` and plug the device into a virtio-mmio slot."""
+        validate(config)
+        try:
+            dev = VsockDevice(config["guest_cid"], config["uds_path"], ctx.event_loop)
+        except OSError as e:
+            raise ConfigError(f"vsock.uds_path: cannot listen on {config['uds_path']}: "
+                              f"{e.strerror or e}") from None
+        try:
+            dev.transport = ctx.add_virtio_device(dev, config.get("vsock_id") or KIND)
+        except BaseException:
+            dev.close()
+            raise
+        return dev
 
 
-attach.validate = validate
+attach = VsockKind.attach
 
 
 @hookimpl
 def register_devices(registry) -> None:
-    registry.add(KIND, attach)
+    registry.add(KIND, VsockKind)
