@@ -115,3 +115,32 @@ def test_machine_steps_are_the_boot_steps_without_the_boot():
     assert set(MACHINE_STEPS) < set(BOOT_STEPS)
     assert not {"kernel", "boot-data"} & set(MACHINE_STEPS)
     assert all(hasattr(Builder, STEP_METHODS[s]) for s in BOOT_STEPS)
+
+
+def test_every_rate_limited_device_takes_the_capability_call(registry, disk, tmp_path):
+    """blk, net and rng all implement RateLimited: the VMM updates any of them the same
+    way (this is how UpdateRateLimiter(device_id="entropy") reaches the rng device)."""
+    from nodesvc_virtio_blk.device import VirtioBlock
+    from nodesvc_virtio_blk.config import parse_drive
+    from nodesvc_virtio_net.device import VirtioNet
+    from nodesvc_virtio_rng.device import VirtioRng
+    for cls in (VirtioBlock, VirtioNet, VirtioRng):
+        assert issubclass(cls, RateLimited), cls
+    built = []
+    rng = VirtioRng(limiter_builder=lambda cfg: built.append(cfg) or _Limiter())
+    rng.update_rate_limiter({"ops": {"size": 10, "refill_time": 100}})
+    assert built == [{"ops": {"size": 10, "refill_time": 100}}] and rng.limiter is not None
+    with pytest.raises(ConfigError, match="one rate limiter"):
+        rng.update_rate_limiter({"ops": {"size": 1, "refill_time": 1}}, which="rx")
+    blk = VirtioBlock(parse_drive(dict(drive(disk, "d")[1])))
+    with pytest.raises(ConfigError, match="one rate limiter"):
+        blk.update_rate_limiter(None, which="tx")
+    blk.close()
+
+
+class _Limiter:
+    def set_wakeup(self, fn):
+        pass
+
+    def close(self):
+        pass

@@ -205,8 +205,11 @@ class VirtioBlock(VirtioDevice):
         if self._ring is not None and not self._broken:
             self.resume_queue(0)
 
-    def update_rate_limiter(self, config) -> None:
+    def update_rate_limiter(self, config, which: str | None = None) -> None:
         """Replace/adjust the limiter on a running VM (Firecracker's PATCH /drives)."""
+        if which is not None:
+            raise ConfigError(f"drives[{self.drive.drive_id}]: a drive has one rate limiter, "
+                              f"not {which!r}")
         parsed = parse_limiter_config(config, f"drives[{self.drive.drive_id}].rate_limiter")
         if self.limiter is not None:
             self.limiter.update(config)

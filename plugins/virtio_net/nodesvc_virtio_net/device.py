@@ -16,6 +16,7 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
+from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError, constants as V
 
 from . import constants as C
@@ -167,6 +168,14 @@ class VirtioNet(VirtioDevice):
     def inject_rx(self, frame: bytes) -> None:
         """Deliver a host-made Ethernet frame to the guest (event-loop thread)."""
         self._run(self.rx, lambda: self.rx.inject(frame))
+
+    def update_rate_limiter(self, config: Mapping[str, Any] | None,
+                            which: str | None = None) -> None:
+        """The RateLimited capability: `which` is "rx" or "tx"."""
+        if which not in ("rx", "tx"):
+            raise ConfigError(f"{self.name}: name the limiter to change: rx or tx, "
+                              f"got {which!r}")
+        self.update_rate_limiters(**{which: config})
 
     def update_rate_limiters(self, rx: Mapping[str, Any] | None = None,
                              tx: Mapping[str, Any] | None = None) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 
 from nodesvc.vmm.ratelimit import consume_op, parse_limiter_config
+from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
 from nodesvc.vmm.virtio.constants import ID_RNG
 
@@ -85,8 +86,10 @@ class VirtioRng(VirtioDevice):
         if self.queues and not self._broken:
             self.resume_queue(0)
 
-    def update_rate_limiter(self, config) -> None:
+    def update_rate_limiter(self, config, which: str | None = None) -> None:
         """Adjust or add the limiter on a running VM (Firecracker's PATCH /entropy)."""
+        if which is not None:
+            raise ConfigError(f"entropy: the device has one rate limiter, not {which!r}")
         parsed = parse_limiter_config(config, "entropy.rate_limiter")
         if self.limiter is not None:
             self.limiter.update(config)
