@@ -16,7 +16,8 @@ from nodesvc.net import frames
 from nodesvc.vmm.eventloop import EventLoop
 from nodesvc.vmm.virtio import constants as V
 from nodesvc_virtio_net import constants as C
-from nodesvc_virtio_net.testing import GUEST_IP, GUEST_MAC, HOST_IP, FakeLimiter
+from nodesvc.testing import FakeLimiter
+from nodesvc_virtio_net.testing import GUEST_IP, GUEST_MAC, HOST_IP
 
 NO_MRG = (1 << C.F_MRG_RXBUF) | (1 << V.F_EVENT_IDX)
 
@@ -190,7 +191,7 @@ def _ctx(mem, loop, made):
     from nodesvc.vmm.bus import Bus
     from nodesvc.vmm.device import DeviceContext
     from nodesvc.vmm.virtio import VirtioMmioTransport
-    from nodesvc.vmm.virtio.driver import CountingIrq
+    from nodesvc.testing import CountingIrq
 
     def add(dev, name):
         t = VirtioMmioTransport(dev, memory=mem, irq=CountingIrq(), event_loop=loop, name=name)
@@ -204,9 +205,9 @@ def _ctx(mem, loop, made):
 def test_plugin_attaches_to_a_tap_in_a_namespace(netns):
     from nodesvc.vmm.errors import ConfigError
     from nodesvc.vmm.memory import GuestMemory
-    from nodesvc.vmm.virtio.driver import GuestDriver
+    from nodesvc.testing import GuestDriver
     from nodesvc_virtio_net.plugin import attach
-    from nodesvc_virtio_net.testing import ManualLoop
+    from nodesvc.testing import ManualLoop
 
     netns.create_tap("ptap0")
     mem, loop, made = GuestMemory(8 << 20), ManualLoop(), []

@@ -11,13 +11,11 @@ from hypothesis import given, settings, strategies as st
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
-from nodesvc.vmm.virtio.driver import CountingIrq, GuestDriver
+from nodesvc.testing import CountingIrq, FakeLimiter, GuestDriver, ManualLoop, VirtioConformance
 from nodesvc.vmm.virtio.queue import _DESC
 from nodesvc_virtio_net import VirtioNet, parse_config
 from nodesvc_virtio_net import constants as C
 from nodesvc_virtio_net.plugin import validate
-from nodesvc_virtio_net.testing import FakeLimiter, ManualLoop
-from virtio_conformance import VirtioConformance
 
 MAC = bytes.fromhex("06000ac10002")
 

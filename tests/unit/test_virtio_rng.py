@@ -9,12 +9,11 @@ from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.ratelimit import TokenType
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
-from nodesvc.vmm.virtio.driver import CountingIrq, GuestDriver
+from nodesvc.testing import CountingIrq, GuestDriver, InlineLoop, VirtioConformance
 from nodesvc_virtio_rng import VirtioRng
 from nodesvc_virtio_rng.device import MAX_FILL
 from nodesvc_virtio_rng.plugin import attach
 
-from virtio_conformance import VirtioConformance, _InlineLoop
 
 
 class BudgetLimiter:
@@ -54,7 +53,7 @@ def rig():
     def make(**kw):
         dev = VirtioRng(**kw)
         irq = CountingIrq()
-        t = VirtioMmioTransport(dev, memory=mem, irq=irq, event_loop=_InlineLoop())
+        t = VirtioMmioTransport(dev, memory=mem, irq=irq, event_loop=InlineLoop())
         drv = GuestDriver(t, mem)
         drv.init()
         made.append(t)
@@ -149,7 +148,7 @@ def test_validate(cfg, message):
 def test_attach_builds_the_limiter():
     mem = GuestMemory(1 << 20)
     built = []
-    ctx = types.SimpleNamespace(cmdline=[], event_loop=_InlineLoop(), log=logging.getLogger("t"),
+    ctx = types.SimpleNamespace(cmdline=[], event_loop=InlineLoop(), log=logging.getLogger("t"),
                                 rate_limiter=lambda c: built.append(c) or BudgetLimiter(10))
     ctx.add_virtio_device = lambda dev, name: VirtioMmioTransport(
         dev, memory=mem, irq=CountingIrq(), event_loop=ctx.event_loop)

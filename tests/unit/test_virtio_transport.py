@@ -4,7 +4,7 @@ import pytest
 
 from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.virtio import VirtioDevice, VirtioMmioTransport, constants as V
-from nodesvc.vmm.virtio.driver import CountingIrq, GuestDriver
+from nodesvc.testing import CountingIrq, GuestDriver
 
 
 class Upper(VirtioDevice):

@@ -8,13 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from virtio_conformance import VirtioConformance, _InlineLoop
+from nodesvc.testing import CountingIrq, GuestDriver, InlineLoop, VirtioConformance
 
 from nodesvc.plugins import PluginManager
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
-from nodesvc.vmm.virtio.driver import CountingIrq, GuestDriver
 from nodesvc.vmm.virtio.queue import Descriptor, DescriptorChain
 from nodesvc_vsock import VsockDevice, validate
 from nodesvc_vsock.packet import HDR_SIZE, MAX_PKT_PAYLOAD, OP_RW, Header, RxBuffer, parse_tx
@@ -84,7 +83,7 @@ def test_attach_replaces_stale_socket_and_plugs_in(sockdir):
     stale.bind(path)  # left behind by a VMM that died
     stale.close()
     added = []
-    ctx = SimpleNamespace(event_loop=_InlineLoop(),
+    ctx = SimpleNamespace(event_loop=InlineLoop(),
                           add_virtio_device=lambda dev, name: added.append((dev, name)) or "T")
     dev = attach(ctx, {"guest_cid": 7, "uds_path": path, "vsock_id": "vs0"})
     try:
@@ -104,12 +103,12 @@ class TestVsockConformance(VirtioConformance):
     processed_on_kick = (0, 1, 2)  # RX and event chains are taken (and checked) on kick too
 
     def make_device(self, tmp_path):
-        return VsockDevice(3, str(tmp_path / "v.sock"), _InlineLoop())
+        return VsockDevice(3, str(tmp_path / "v.sock"), InlineLoop())
 
     def test_config_space_and_features(self, tmp_path):
         mem = GuestMemory(8 << 20)
-        dev = VsockDevice(0x1_2345_6789 & 0xFFFF_FFFF, str(tmp_path / "c.sock"), _InlineLoop())
-        t = VirtioMmioTransport(dev, memory=mem, irq=CountingIrq(), event_loop=_InlineLoop())
+        dev = VsockDevice(0x1_2345_6789 & 0xFFFF_FFFF, str(tmp_path / "c.sock"), InlineLoop())
+        t = VirtioMmioTransport(dev, memory=mem, irq=CountingIrq(), event_loop=InlineLoop())
         try:
             assert t.read(V.CONFIG, 4) == 0x2345_6789 and t.read(V.CONFIG + 4, 4) == 0
             feats = GuestDriver(t, mem).device_features()

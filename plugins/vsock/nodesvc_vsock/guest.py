@@ -15,7 +15,7 @@ import itertools
 import threading
 
 from nodesvc.vmm.virtio import VirtioMmioTransport
-from nodesvc.vmm.virtio.driver import GuestDriver
+from nodesvc.testing import GuestDriver
 
 from .guest_stream import GuestStream
 from .packet import (HDR, HDR_SIZE, HOST_CID, OP_REQUEST, OP_RESPONSE, OP_RST, TYPE_STREAM,

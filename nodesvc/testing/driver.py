@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from . import constants as V
-from .queue import _DESC
+from nodesvc.vmm.virtio import constants as V
+from nodesvc.vmm.virtio.queue import _DESC
 
 _AVAIL_HDR = struct.Struct("<HH")
 

@@ -1,7 +1,14 @@
 """The conformance suite every virtio device plugin runs.
 
-Subclass `VirtioConformance` in the plugin's test module and implement
-`make_device(tmp_path)` returning a fresh, unactivated `VirtioDevice`; pytest then
+    from nodesvc.testing import VirtioConformance
+
+    class TestMyDevConformance(VirtioConformance):
+        expected_device_id = 42
+        def make_device(self, tmp_path):
+            return MyDev()
+
+Subclass it in the plugin's test module and implement `make_device(tmp_path)`
+returning a fresh, unactivated `VirtioDevice`; pytest then
 runs every check below against it: identity, feature negotiation, reset and
 re-initialisation, and hostile chains on every queue (the device must end in
 NEEDS_RESET or answer with an error — never raise out of the transport, hang,
@@ -12,22 +19,10 @@ import pytest
 
 from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
-from nodesvc.vmm.virtio.driver import CountingIrq, GuestDriver
 from nodesvc.vmm.virtio.queue import _DESC
 
-
-class _InlineLoop:
-    """Stands in for the event loop in unit tests: runs callbacks immediately."""
-
-    def add_reader(self, fd, cb):
-        self.readers = getattr(self, "readers", {})
-        self.readers[fd] = cb
-
-    def remove_reader(self, fd):
-        getattr(self, "readers", {}).pop(fd, None)
-
-    def call_soon(self, fn):
-        fn()
+from .driver import CountingIrq, GuestDriver
+from .fakes import InlineLoop
 
 
 class VirtioConformance:
@@ -42,9 +37,10 @@ class VirtioConformance:
     def rig(self, tmp_path):
         mem = GuestMemory(8 << 20)
         dev = self.make_device(tmp_path)
-        t = VirtioMmioTransport(dev, memory=mem, irq=CountingIrq(), event_loop=_InlineLoop())
+        t = VirtioMmioTransport(dev, memory=mem, irq=CountingIrq(), event_loop=InlineLoop())
         yield mem, dev, t, GuestDriver(t, mem)
         t.close()
+        t.device.close()  # the transport releases its fds; the device is its owner's
         mem.close()
 
     def test_identity(self, rig):
