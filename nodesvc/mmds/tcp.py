@@ -432,18 +432,30 @@ class TcpHandler:
                 self._queue_rst(key, src_mac, rst_for(seg))
             self.stats["unexpected"] += 1
             return
-        if len(self.connections) >= self.max_connections:
-            victim = next((k for k, (c, _) in self.connections.items()
-                           if now - c.last_rx > EVICTION_IDLE_SECONDS), None)
-            if victim is None:
-                self._queue_rst(key, src_mac, rst_for(seg))
-                self.stats["refused"] += 1
-                return
-            old, old_mac = self.connections.pop(victim)
-            self._queue_rst(victim, old_mac, (old.snd_nxt, old.rcv_nxt, RST | ACK))
-            self.stats["evicted"] += 1
+        if len(self.connections) >= self.max_connections and not self._make_room(now):
+            self._queue_rst(key, src_mac, rst_for(seg))
+            self.stats["refused"] += 1
+            return
         self.connections[key] = (Connection(seg, self._isn() & _MASK, now, self.respond), src_mac)
         self.stats["opened"] += 1
+
+    def _make_room(self, now: float) -> bool:
+        """Free one slot: a finished exchange (the peer closed and has every byte of its
+        answers; dumbo forgets those once its FIN is out), else one idle for over 10 s."""
+        for k, (c, mac) in self.connections.items():
+            if c.fin_received and not c.out and c.fin_seq is not None:
+                del self.connections[k]
+                if not c.fin_sent:    # peer waits in FIN_WAIT_2: tell it we are gone
+                    self._queue_rst(k, mac, (c.snd_nxt, c.rcv_nxt, RST | ACK))
+                self.stats["closed"] += 1
+                return True
+        for k, (c, mac) in self.connections.items():
+            if now - c.last_rx > EVICTION_IDLE_SECONDS:
+                del self.connections[k]
+                self._queue_rst(k, mac, (c.snd_nxt, c.rcv_nxt, RST | ACK))
+                self.stats["evicted"] += 1
+                return True
+        return False
 
     def has_pending(self, now: float) -> bool:
         return bool(self.resets) or any(c.wants_send(now) for c, _ in self.connections.values())

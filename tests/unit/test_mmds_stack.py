@@ -348,6 +348,22 @@ def test_connection_cap_refuses_then_evicts_idle():
     assert len(stack.tcp.connections) == tcp.MAX_CONNECTIONS
 
 
+def test_connection_cap_reclaims_finished_exchanges_first():
+    stack, _ = make()
+    peers = [Peer(stack, sport=20000 + i) for i in range(tcp.MAX_CONNECTIONS)]
+    for p in peers:
+        p.connect()
+    done = peers[3]
+    done.send(ACK | PSH, b"GET /latest HTTP/1.1\r\n\r\n")
+    done.take(segs(stack))
+    done.send(ACK)
+    done.send(FIN | ACK)          # the client closed; our FIN is not out yet
+    stack.handle(tcp_frame(29999, 1, 0, SYN))
+    out = segs(stack)
+    assert [(s.dport, s.flags) for s in out] == [(20003, RST | ACK), (29999, SYN | ACK)]
+    assert (socket.inet_aton(GUEST_IP), 20003) not in stack.tcp.connections
+
+
 def test_oversized_request_gets_413_and_fin():
     stack, _ = make()
     p = Peer(stack)
