@@ -2,18 +2,24 @@
 protocol, and the writers of the FIFOs the VMM streams its console, logs and metrics on.
 
 Newline-delimited JSON over a Unix stream socket that the VMM listens on. The node
-service connects (again after it restarts); the VMM serves one request at a time.
+service connects (again after it restarts); the VMM serves one request at a time. The
+requests are the typed actions of nodesvc.vmm.actions (which also encodes them):
 
     request   {"id": 1, "op": "pause", "args": {}}
     response  {"id": 1, "ok": true, "result": {...}}
-              {"id": 1, "ok": false, "error": "VM is not running", "kind": "wrong-state"}
-    event     {"event": "hello", "vm_id": "web-1", "pid": 42, "state": "ready", "protocol": 1}
+              {"id": 1, "ok": false, "error": "VM is paused, needs running", "kind": "wrong-state"}
+    event     {"event": "hello", "vm_id": "web-1", "pid": 42, "state": "ready", "protocol": 2,
+               "actions": ["status", "start", "pause", ...]}
               {"event": "exited", "reason": "guest-reset", "detail": "...", "failure": false,
                "exit_code": 0}
 
-`hello` is sent on every new connection (so a re-adopting node service can check it
-reached the right VM); `exited` is pushed to every connection when the VM ends, just
-before the process exits.
+Error kinds: wrong-state, bad-request (the request is malformed: checked before the action
+runs), unsupported, not-found (no such device), failed (the action failed), internal (a bug
+in the VMM). `hello` is sent on every new connection (so a re-adopting node service can
+check it reached the right VM) and lists the actions this VMM implements: the node asks
+for nothing else. Protocol 1 (no "actions", no not-found/internal kinds) is still
+understood by the node service, for VMMs that outlived an upgrade. `exited` is pushed to
+every connection when the VM ends, just before the process exits.
 
 Tracing (nodesvc.vmm.trace): a request may carry "trace", a W3C traceparent. The `start`
 reply has "timeline": span records of the run's phases (spawn, config, build phases, first
@@ -34,30 +40,14 @@ import os
 import socket
 import threading
 
-PROTOCOL = 1
-MAX_LINE = 1 << 20   # a request or response larger than this is a protocol error
+from .actions import (BAD_REQUEST, FAILED, INTERNAL, NOT_FOUND,  # noqa: F401 (re-exported)
+                      UNSUPPORTED, WRONG_STATE)
 
-#: op -> what it does; the VMM answers "unknown op" for anything else.
-OPS = {
-    "status": "state, pid, stats and counters",
-    "start": "build the VM and start its vCPUs (once)",
-    "pause": "park the vCPUs",
-    "resume": "unpark the vCPUs",
-    "stop": "end the VM now (args: detail)",
-    "ctrl_alt_del": "inject Ctrl-Alt-Del through the i8042 keyboard",
-    "console_input": "feed bytes to the serial console (args: data, base64)",
-    "flush_metrics": "write one metrics record now",
-    "update_drive": "swap a drive's backing file (args: drive_id, path_on_host)",
-    "update_rate_limiter": "replace a device's limiter (args: device_id, rate_limiter in "
-                           "Firecracker's format; device_id is a drive_id or <iface_id>/rx|tx)",
-}
+PROTOCOL = 2         # 2: hello lists "actions"; error kinds not-found and internal
+MAX_LINE = 1 << 20   # a request or response larger than this is a protocol error
 
 # VMM process states as reported in `hello` and `status`.
 READY, RUNNING, PAUSED, EXITING = "ready", "running", "paused", "exiting"
-
-# Error kinds in failed responses; the node service maps them to its domain errors.
-WRONG_STATE, BAD_REQUEST = "wrong-state", "bad-request"
-UNSUPPORTED, FAILED = "unsupported", "failed"
 
 
 class ProtocolError(Exception):

@@ -16,7 +16,6 @@ process writes `exit.json` (so a node service that was down still learns why), p
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -26,7 +25,9 @@ import sys
 import threading
 import time
 
+from . import actions as A
 from . import control, trace
+from .capabilities import Console, Drive, PowerButton, RateLimited
 from .control import FifoWriter, JsonLogHandler
 from .errors import ConfigError
 
@@ -60,6 +61,13 @@ class VmmProcess:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.clients: list[Client] = []
         self.listener = None
+        # The one dispatch table: action class -> handler. The hello lists exactly these.
+        self.handlers = {
+            A.Status: self.status, A.Start: self.start, A.Pause: self.pause,
+            A.Resume: self.resume, A.Stop: self.stop, A.CtrlAltDel: self.ctrl_alt_del,
+            A.ConsoleInput: self.console_input, A.FlushMetrics: self.flush_metrics,
+            A.UpdateDrive: self.update_drive, A.UpdateRateLimiter: self.update_rate_limiter,
+        }
 
     # -- set-up -----------------------------------------------------------------------
     def open(self) -> None:
@@ -111,7 +119,8 @@ class VmmProcess:
         self.clients.append(c)
         self.sel.register(sock, selectors.EVENT_READ, c)
         self._send(c, {"event": "hello", "vm_id": self.vm_id, "pid": os.getpid(),
-                       "state": self.state, "protocol": control.PROTOCOL})
+                       "state": self.state, "protocol": control.PROTOCOL,
+                       "actions": A.names(self.handlers)})
 
     def _drop(self, c: Client) -> None:
         if c in self.clients:
@@ -155,41 +164,41 @@ class VmmProcess:
 
     # -- requests ---------------------------------------------------------------------
     def handle_line(self, line: bytes) -> dict:
+        """One request line -> its response. Decoding checks the arguments before anything
+        runs; an unexpected exception from a handler is the VMM's bug (internal), never the
+        caller's (so a TypeError deep in a device is not "bad arguments")."""
         try:
             req = control.decode(line)
         except control.ProtocolError as e:
-            return {"id": None, "ok": False, "error": str(e), "kind": control.BAD_REQUEST}
-        rid, op, args = req.get("id"), req.get("op"), req.get("args") or {}
-        self._req_trace = trace.valid_traceparent(req.get("trace"))   # for op_start
-        fn = getattr(self, f"op_{op}", None) if op in control.OPS else None
-        if fn is None:
-            return {"id": rid, "ok": False, "error": f"unknown op {op!r}",
-                    "kind": control.BAD_REQUEST}
+            return {"id": None, "ok": False, "error": str(e), "kind": A.BAD_REQUEST}
+        rid = req.get("id")
         try:
-            return {"id": rid, "ok": True, "result": fn(**args)}
-        except _OpError as e:
+            action = A.decode_request(req)
+            handler = self.handlers.get(type(action))
+            if handler is None:
+                raise A.Unsupported(f"this VMM does not implement {action.name} (it "
+                                    f"implements: {', '.join(A.names(self.handlers))})")
+            self._req_trace = trace.valid_traceparent(req.get("trace"))   # for start
+            return {"id": rid, "ok": True, "result": A.encode_result(handler(action))}
+        except A.ActionError as e:
             return {"id": rid, "ok": False, "error": str(e), "kind": e.kind}
-        except TypeError as e:
-            return {"id": rid, "ok": False, "error": f"bad arguments for {op}: {e}",
-                    "kind": control.BAD_REQUEST}
         except Exception as e:  # never let one request kill the VMM
-            log.exception("op %s failed", op)
-            return {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}",
-                    "kind": control.FAILED}
+            log.exception("action %s failed", req.get("op"))
+            return {"id": rid, "ok": False, "kind": A.INTERNAL,
+                    "error": f"internal error in {req.get('op')}: {type(e).__name__}: {e}"}
 
     def _need(self, *states: str) -> None:
         if self.state not in states:
-            raise _OpError(control.WRONG_STATE, f"VM is {self.state}, needs {' or '.join(states)}")
+            raise A.WrongState(f"VM is {self.state}, needs {' or '.join(states)}")
 
-    def op_status(self) -> dict:
-        return {"vm_id": self.vm_id, "pid": os.getpid(), "state": self.state,
-                "counters": self.counters(),
-                "stats": self.vm.stats() if self.vm is not None else None,
-                "timeline": self.timeline.spans(self.vm),
-                "trace_id": trace.trace_id(self.traceparent),
-                "heavy_modules": [m for m in HEAVY_MODULES if m in sys.modules]}
+    def status(self, a: A.Status) -> A.StatusResult:
+        return A.StatusResult(
+            vm_id=self.vm_id, pid=os.getpid(), state=self.state, counters=self.counters(),
+            stats=self.vm.stats() if self.vm is not None else None,
+            timeline=self.timeline.spans(self.vm), trace_id=trace.trace_id(self.traceparent),
+            heavy_modules=[m for m in HEAVY_MODULES if m in sys.modules])
 
-    def op_start(self) -> dict:
+    def start(self, a: A.Start) -> A.StartResult:
         self._need(control.READY)
         self.timeline.mark("start_request")
         self.traceparent = self._req_trace
@@ -203,33 +212,34 @@ class VmmProcess:
             log.error("start failed: %s: %s", type(e).__name__, e)
             self.exit_info = {"reason": "start-failed", "detail": f"{type(e).__name__}: {e}",
                               "failure": True, "exit_code": 1, "ran": False}
-            raise _OpError(control.FAILED, f"start failed: {e}") from None
+            raise A.Failed(f"start failed: {e}") from None
         self.state = control.RUNNING
         threading.Thread(target=self._wait_vm, name="vm-wait", daemon=True).start()
         self._boot = trace.BootWatch.start(self.vm, lambda: os.write(self.wake_w, b"b"))
         trace.wait_first_run(self.vm)   # so a finished start means the guest is running
         log.info("VM started")
-        return {"phases": dict(self.vm.phases), "cmdline": self.vm.cmdline,
-                "timeline": self.timeline.spans(self.vm)}
+        return A.StartResult(phases=dict(self.vm.phases), cmdline=self.vm.cmdline,
+                             timeline=self.timeline.spans(self.vm))
 
     def _wait_vm(self) -> None:
         self.vm.wait()
         os.write(self.wake_w, b"x")
 
-    def op_pause(self) -> dict:
+    def pause(self, a: A.Pause) -> A.Done:
         self._need(control.RUNNING)
         self.vm.pause()
         self.state = control.PAUSED
-        return {}
+        return A.Done()
 
-    def op_resume(self) -> dict:
+    def resume(self, a: A.Resume) -> A.Done:
         self._need(control.PAUSED)
         self.vm.resume()
         self.state = control.RUNNING
-        return {}
+        return A.Done()
 
-    def op_stop(self, detail: str = "stop requested") -> dict:
-        return self._stop(detail) or {}
+    def stop(self, a: A.Stop) -> A.Done:
+        self._stop(a.detail)
+        return A.Done()
 
     def _stop(self, detail: str) -> None:
         if self.vm is None:     # never started: nothing to tear down
@@ -238,50 +248,58 @@ class VmmProcess:
         else:
             self.vm.stop(detail)
 
-    def op_ctrl_alt_del(self) -> dict:
+    def ctrl_alt_del(self, a: A.CtrlAltDel) -> A.CtrlAltDelResult:
         self._need(control.RUNNING)
-        return {"sent": bool(self.vm.send_ctrl_alt_del())}
+        dev = self.vm.devices.find(PowerButton)
+        # None counts as sent (the capability's contract); False: it could not be queued
+        return A.CtrlAltDelResult(sent=dev is not None and dev.send_ctrl_alt_del() is not False)
 
-    def op_console_input(self, data: str) -> dict:
+    def console_input(self, a: A.ConsoleInput) -> A.ConsoleInputResult:
         self._need(control.RUNNING, control.PAUSED)
-        dev = self.vm.console_device()
+        dev = self.vm.devices.find(Console)
         if dev is None:
-            raise _OpError(control.UNSUPPORTED, "the VM has no console device")
-        raw = base64.b64decode(data, validate=True)
-        accepted = dev.console_input(raw)
-        return {"accepted": len(raw) if accepted is None else accepted}
+            raise A.Unsupported("the VM has no console device")
+        accepted = dev.console_input(a.data)
+        return A.ConsoleInputResult(accepted=len(a.data) if accepted is None else accepted)
 
-    # Live device changes (Firecracker's PATCH /drives and /network-interfaces).
-    def _device(self, match, what: str):
+    # Live device changes (Firecracker's PATCH /drives and /network-interfaces), by the
+    # device manager's stable ids.
+    def _device(self, kind: str, dev_id: str, cap: type, what: str):
         self._need(control.RUNNING, control.PAUSED)
-        dev = next((d for d in self.vm.devices.values() if match(d)), None)
-        if dev is None:
-            raise _OpError(control.UNSUPPORTED, f"the VM has no {what}")
+        try:
+            dev = self.vm.devices.get(kind, dev_id)
+        except LookupError as e:    # DeviceNotFound: its message lists what is attached
+            raise A.NotFound(f"the VM has no {what} {dev_id!r}: {e}") from None
+        if not isinstance(dev, cap):
+            raise A.Unsupported(f"{what} {dev_id!r} ({kind}) does not support "
+                                f"{cap.__name__} changes")
         return dev
 
-    def op_update_drive(self, drive_id: str, path_on_host: str) -> dict:
-        dev = self._device(lambda d: getattr(getattr(d, "drive", None), "drive_id", None)
-                           == drive_id and hasattr(d, "update_backing_file"), f"drive {drive_id}")
+    def update_drive(self, a: A.UpdateDrive) -> A.Done:
+        dev = self._device("virtio-blk", a.drive_id, Drive, "drive")
         try:
-            dev.update_backing_file(path_on_host)
+            dev.update_backing_file(a.path_on_host)
         except OSError as e:
-            raise _OpError(control.FAILED, f"cannot use {path_on_host!r}: {e.strerror}") from None
-        return {}
+            raise A.Failed(f"cannot use {a.path_on_host!r}: {e.strerror}") from None
+        return A.Done()
 
-    def op_update_rate_limiter(self, device_id: str, rate_limiter: dict) -> dict:
-        iface, _, which = device_id.rpartition("/")
-        if which in ("rx", "tx") and iface:
-            self._device(lambda d: getattr(d, "name", None) == f"virtio-net:{iface}",
-                         f"network interface {iface}").update_rate_limiters(
-                             **{which: rate_limiter})
+    def update_rate_limiter(self, a: A.UpdateRateLimiter) -> A.Done:
+        iface, _, which = a.device_id.rpartition("/")
+        if iface and which in ("rx", "tx"):
+            dev = self._device("virtio-net", iface, RateLimited, "network interface")
+        elif a.device_id == "entropy":
+            dev, which = self._device("virtio-rng", "entropy", RateLimited, "entropy device"), None
         else:
-            self._device(lambda d: getattr(getattr(d, "drive", None), "drive_id", None)
-                         == device_id and hasattr(d, "update_rate_limiter"),
-                         f"rate-limited device {device_id}").update_rate_limiter(rate_limiter)
-        return {}
+            dev, which = self._device("virtio-blk", a.device_id, RateLimited, "drive"), None
+        try:
+            dev.update_rate_limiter(a.rate_limiter, which)
+        except ConfigError as e:    # the device checks the limiter before changing anything
+            raise A.BadRequest(f"rate_limiter for {a.device_id!r}: {e}") from None
+        return A.Done()
 
-    def op_flush_metrics(self) -> dict:
-        return self.write_metrics() or {}
+    def flush_metrics(self, a: A.FlushMetrics) -> A.Done:
+        self.write_metrics()
+        return A.Done()
 
     # -- figures and the end ------------------------------------------------------------
     def counters(self) -> dict:
@@ -320,12 +338,6 @@ class VmmProcess:
             self.listener.close()
         for f in (self.console, self.logs, self.metrics):
             f.close()
-
-
-class _OpError(Exception):
-    def __init__(self, kind: str, msg: str):
-        super().__init__(msg)
-        self.kind = kind
 
 
 def write_exit_file(path: str | None, info: dict) -> None:
