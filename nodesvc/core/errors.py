@@ -36,3 +36,8 @@ class OutOfRange(DomainError):
 
 class Unsupported(DomainError):
     """A feature this node does not provide (yet), e.g. a device kind without a plugin."""
+
+
+class VmmInternalError(Exception):
+    """A VMM process hit a bug while running an action. Deliberately not a DomainError:
+    it is reported as an internal error, never as the caller's mistake."""

@@ -1,16 +1,17 @@
 """Operations on a VM's devices, console, logs and metadata (mixed into `Node`).
 
 Live device changes on a stopped VM just edit its spec (they apply at the next start); on a
-running VM they go to the VMM, which must support the op (nodesvc.vmm.control.OPS).
+running VM they go to the VMM as typed actions (nodesvc.vmm.actions), which its hello must
+list as supported.
 """
 
 from __future__ import annotations
 
-import base64
+import json
 import os
 from typing import AsyncIterator
 
-from ..vmm import control
+from ..vmm import actions
 from . import metadata as md
 from . import spec as specs
 from .errors import InvalidSpec, NotFound, Unsupported, WrongState
@@ -21,13 +22,13 @@ S = VmState
 
 
 class LiveOps:
-    async def _live_change(self, e, op: str, args: dict, what: str) -> None:
+    async def _live_change(self, e, action: actions.Action, what: str) -> None:
         if e.rec.state not in ACTIVE:
             return
-        if op not in control.OPS:
+        if e.handle is not None and not e.handle.supports(type(action)):
             raise Unsupported(f"{what} on a running VM is not supported by this VMM yet; "
                               f"stop VM {e.rec.id} first (the change applies at the next start)")
-        await self._vmm_op(e, op, **args)
+        await self._vmm_op(e, action)
 
     async def update_drive(self, vm_id: str, drive_id: str, path_on_host: str):
         e = self.entry(vm_id)
@@ -37,8 +38,7 @@ class LiveOps:
                 have = ", ".join(sorted(drives)) or "none"
                 raise NotFound(f"VM {vm_id} has no drive {drive_id!r} (drives: {have})")
             path = _host_path(path_on_host)
-            await self._live_change(e, "update_drive",
-                                    {"drive_id": drive_id, "path_on_host": path}, "drive update")
+            await self._live_change(e, actions.UpdateDrive(drive_id, path), "drive update")
             drives[drive_id]["path_on_host"] = path
             self._commit(e, UPDATED, e.rec.state)
             return e.rec
@@ -55,8 +55,7 @@ class LiveOps:
             # On a running device "no limiter" means both buckets disabled (size 0).
             off = {"size": 0, "one_time_burst": 0, "refill_time": 0}
             fc = specs.fc_limiter(rl) if rl is not None else {"bandwidth": off, "ops": off}
-            await self._live_change(e, "update_rate_limiter",
-                                    {"device_id": device_id, "rate_limiter": fc},
+            await self._live_change(e, actions.UpdateRateLimiter(device_id, fc),
                                     "rate limiter replacement")
             kind = ids[device_id]
             if kind == "drive":
@@ -88,8 +87,7 @@ class LiveOps:
         if e.rec.state not in (S.RUNNING, S.PAUSED) or e.handle is None:
             raise WrongState(f"cannot send console input to VM {vm_id}: it is "
                              f"{e.rec.state.value} (needs RUNNING or PAUSED)")
-        res = await self._vmm_op(e, "console_input", data=base64.b64encode(data).decode())
-        return int(res.get("accepted", 0))
+        return (await self._vmm_op(e, actions.ConsoleInput(data))).accepted
 
     async def logs_stream(self, vm_id: str, include_history: bool = False,
                           kinds: frozenset[str] = frozenset({"log", "metrics"})
@@ -112,9 +110,10 @@ class LiveOps:
         e = self.entry(vm_id)
         async with e.lock:
             doc = change(e.rec.metadata)
-            # Once the metadata service exists the running VMM gets the document here too.
-            if e.rec.state in ACTIVE and "put_metadata" in control.OPS:
-                await self._vmm_op(e, "put_metadata", json=doc)
+            # A VMM with the metadata service (issue 10) gets the document at once.
+            if (e.rec.state in ACTIVE and e.handle is not None
+                    and e.handle.supports(actions.PutMetadata)):
+                await self._vmm_op(e, actions.PutMetadata(json.loads(doc)))
             e.rec.metadata = doc
             self.store.save(e.rec)
             return doc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
@@ -18,18 +19,20 @@ from typing import AsyncIterator, Callable
 from . import spec as specs
 from .capacity import Capacity
 from .. import tracing as tr
-from ..vmm import control
-from .errors import AlreadyExists, InvalidSpec, NotFound, Unsupported, WrongState
+from ..vmm import actions, control
+from .errors import (AlreadyExists, InvalidSpec, NotFound, Unsupported, VmmInternalError,
+                     WrongState)
 from .events import CREATED, DELETED, STATE_CHANGED, Event, EventLog
 from .fanout import Fanout, byte_fanout, record_fanout
 from .live import LiveOps
 from .model import ACTIVE, DELETABLE, STARTABLE, TRANSITIONS, VmmInfo, VmRecord, VmState
 from .store import Store
-from .supervisor import ExitInfo, RunPaths, VmmHandle, spawn_vmm, vmm_command
-from .vmm_client import VmmRequestError
+from .supervisor import (ExitInfo, RunPaths, VmmHandle, process_start_time, read_json,
+                         spawn_vmm, vmm_command)
 
 log = logging.getLogger("nodesvc.core")
 S = VmState
+VANISHED = "VMM process vanished while the node service was down"
 
 
 @dataclass
@@ -87,10 +90,73 @@ class Node(LiveOps):
         self.events = EventLog(history=cfg.event_history)
         self.started_at = time.time()
 
-    # -- open / close (recovery lives in recovery.py) ---------------------------------------
+    # -- open / close -------------------------------------------------------------------------
     async def open(self) -> None:
-        from .recovery import recover
-        await recover(self)
+        """Load the state dir and re-adopt the VMM processes still running.
+
+        A VM whose record says it had a VMM is re-adopted when that process still exists
+        (same pid *and* same start time, so a recycled pid is not mistaken for it) and
+        answers on its control socket as the same VM. Otherwise it is marked FAILED — with
+        the VMM's own exit reason if it left one in exit.json — and its run dir is removed.
+        No VM is lost (every record is loaded) or duplicated (a VM gets a new VMM only
+        through StartVm)."""
+        records = self.store.load_all()
+        self.events.revision = self.events.oldest_missing = max(
+            [self.store.load_revision(), *(r.revision for r in records)])
+        for rec in records:
+            self.vms[rec.id] = VmEntry(rec, self.cfg)
+        await asyncio.gather(*(self._recover(e) for e in self.vms.values()))
+        self.store.save_revision(self.events.revision)
+
+    async def _recover(self, e: VmEntry) -> None:
+        rec = e.rec
+        paths = RunPaths(self.store.run_dir(rec.id))
+        if rec.state not in ACTIVE:
+            paths.remove()      # leftovers of a run that ended while we wrote its record
+            return
+        info = rec.vmm
+        alive = (info is not None and info.start_time and os.path.isdir(paths.run_dir)
+                 and process_start_time(info.pid) == info.start_time)
+        if not alive:
+            exit_info = read_json(paths.exit_file) or {}
+            if exit_info.get("reason"):
+                detail = f": {exit_info['detail']}" if exit_info.get("detail") else ""
+                reason = f"{exit_info['reason']}{detail} (while the node service was down)"
+                state = S.FAILED if exit_info.get("failure") else S.STOPPED
+            else:
+                reason, state = VANISHED, S.FAILED
+            paths.remove()
+            e.rec.vmm = None
+            if e.rec.state is S.STARTING and state is S.STOPPED:
+                self._set_state(e, S.RUNNING)
+            self._set_state(e, state, reason)
+            return
+        h = VmmHandle(rec.id, paths, info.pid, console=e.console, logs=e.logs,
+                      on_exit=self._on_vmm_exit, tracing=self.cfg.tracing)
+        e.handle = h
+        h.watch()
+        if not await h.connect(timeout=3.0):
+            h.fail_reason = ("VMM process did not answer on its control socket after a node "
+                             "restart")
+            h.kill()
+            await h.done
+            return
+        log.info("%s: re-adopted VMM process %d (%s)", rec.id, info.pid, h.vmm_state)
+        if rec.state is S.STARTING:
+            if h.vmm_state == control.RUNNING:
+                self._set_state(e, S.RUNNING)
+            else:   # we died between spawning it and starting it: nobody will finish the start
+                h.fail_reason = "the node service restarted while the VM was starting"
+                h.kill()
+                await h.done
+        elif rec.state is S.STOPPING:
+            h.stop_requested = "stopped by request (finished after a node restart)"
+            h.kill()
+            await h.done
+        elif rec.state is S.RUNNING and h.vmm_state == control.PAUSED:
+            self._set_state(e, S.PAUSED)
+        elif rec.state is S.PAUSED and h.vmm_state == control.RUNNING:
+            self._set_state(e, S.RUNNING)
 
     async def close(self) -> None:
         """Let go of every VMM without stopping it: the next node service re-adopts them."""
@@ -163,10 +229,11 @@ class Node(LiveOps):
                 why = "VMM process did not answer on its control socket"
                 if await h.connect():
                     try:
-                        trace.started(await h.request("start", timeout=60.0,
-                                                      trace=trace.traceparent))
+                        res = await h.call(actions.Start(), timeout=60.0,
+                                           trace=trace.traceparent)
+                        trace.started({"timeline": res.timeline})
                         h.started = True
-                    except VmmRequestError as err:
+                    except actions.ActionError as err:
                         why = f"start failed: {err}"
                 if h.started:
                     if e.rec.state is S.STARTING:
@@ -231,8 +298,8 @@ class Node(LiveOps):
             h.stop_requested = "stopped by request"
             if graceful and grace > 0:
                 try:
-                    sent = (await h.request("ctrl_alt_del", timeout=2.0)).get("sent")
-                except VmmRequestError:
+                    sent = (await h.call(actions.CtrlAltDel(), timeout=2.0)).sent
+                except actions.ActionError:
                     sent = False
                 if sent:
                     await asyncio.wait([h.done], timeout=grace)
@@ -240,8 +307,8 @@ class Node(LiveOps):
                 h.stop_requested = ("stopped by force" if not graceful else
                                     f"stopped by force after a {grace:g}s grace period")
                 try:
-                    await h.request("stop", timeout=2.0, detail=h.stop_requested)
-                except VmmRequestError:
+                    await h.call(actions.Stop(h.stop_requested), timeout=2.0)
+                except actions.ActionError:
                     pass
                 await asyncio.wait([h.done], timeout=3.0)
             if not h.done.done():
@@ -250,23 +317,29 @@ class Node(LiveOps):
                 await h.done
             return e.rec
 
-    async def _vmm_op(self, e: VmEntry, op: str, **args) -> dict:
+    async def _vmm_op(self, e: VmEntry, action: actions.Action):
+        """Run `action` in the VM's VMM; its typed result. VMM errors become domain errors
+        (an internal one stays an internal error: it is a bug, not the caller's mistake)."""
         if e.handle is None:
             raise WrongState(f"VM {e.rec.id} has no VMM process (it is {e.rec.state.value})")
         try:
-            return await e.handle.request(op, **args)
-        except VmmRequestError as err:
-            cls = {control.UNSUPPORTED: Unsupported, control.BAD_REQUEST: InvalidSpec}.get(
-                err.kind, WrongState)
-            msg = f"VM {e.rec.id}: {op} failed: {err}"
-            raise (cls("", msg) if cls is InvalidSpec else cls(msg)) from None
+            return await e.handle.call(action)
+        except actions.ActionError as err:
+            msg = f"VM {e.rec.id}: {action.name} failed: {err}"
+            if isinstance(err, actions.BadRequest):
+                raise InvalidSpec("", msg) from None
+            if isinstance(err, actions.Internal):
+                raise VmmInternalError(msg) from None
+            cls = {actions.Unsupported: Unsupported, actions.NotFound: NotFound}.get(
+                type(err), WrongState)
+            raise cls(msg) from None
 
     @_shielded
     async def pause_vm(self, vm_id: str) -> VmRecord:
         e = self.entry(vm_id)
         async with e.lock:
             self._need(e, {S.RUNNING}, "pause")
-            await self._vmm_op(e, "pause")
+            await self._vmm_op(e, actions.Pause())
             if e.rec.state is S.RUNNING:
                 self._set_state(e, S.PAUSED)
             return e.rec
@@ -276,7 +349,7 @@ class Node(LiveOps):
         e = self.entry(vm_id)
         async with e.lock:
             self._need(e, {S.PAUSED}, "resume")
-            await self._vmm_op(e, "resume")
+            await self._vmm_op(e, actions.Resume())
             if e.rec.state is S.PAUSED:
                 self._set_state(e, S.RUNNING)
             return e.rec

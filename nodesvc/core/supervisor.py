@@ -19,10 +19,10 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from ..vmm import control
+from ..vmm import actions, control
 from .fanout import Fanout
 from .fifos import FifoReaders
-from .vmm_client import ControlClient, VmmRequestError
+from .vmm_client import ControlClient
 
 log = logging.getLogger("nodesvc.core.supervisor")
 CONNECT_TIMEOUT = 15.0      # spawn -> control socket answering (Python start-up + imports)
@@ -119,6 +119,8 @@ class VmmHandle:
         self.console, self.logs, self.on_exit = console, logs, on_exit
         self.start_time = process_start_time(pid) or 0
         self.client: ControlClient | None = None
+        self.vmm_state: str | None = None   # as the hello reported it
+        self.actions: frozenset[str] = frozenset()  # what the VMM implements (its hello)
         self.started = False                # the VMM acknowledged `start`
         self.stop_requested: str | None = None   # why we are ending it, if we are
         self.fail_reason: str | None = None      # we are killing it because it misbehaved
@@ -148,7 +150,7 @@ class VmmHandle:
                 self.client = await ControlClient.connect(self.paths.control,
                                                           on_event=self._on_event)
                 hello = await self.client.hello(timeout=max(0.1, deadline - self._loop.time()))
-            except (OSError, asyncio.TimeoutError, VmmRequestError):
+            except (OSError, asyncio.TimeoutError, actions.ActionError):
                 if self.client is not None:
                     self.client.close()
                     self.client = None
@@ -161,16 +163,26 @@ class VmmHandle:
                 return False
             self.started = hello.get("state") in (control.RUNNING, control.PAUSED)
             self.vmm_state = hello.get("state")
+            listed = hello.get("actions")
+            self.actions = (frozenset(a for a in listed if isinstance(a, str))
+                            if isinstance(listed, list) else actions.PROTOCOL_1_ACTIONS)
             return True
         return False
 
     # -- talking ----------------------------------------------------------------------------
-    async def request(self, op: str, timeout: float = 10.0, trace: str | None = None,
-                      **args) -> dict:
+    def supports(self, action: type[actions.Action]) -> bool:
+        """Whether this VMM implements `action` (as its hello said)."""
+        return action.name in self.actions
+
+    async def call(self, action: actions.Action, timeout: float = 10.0,
+                   trace: str | None = None):
+        """Run a typed action in the VMM; its typed result, or an `actions.ActionError`."""
         if self.client is None or self.done.done():
-            raise VmmRequestError(control.FAILED, f"the VMM process of {self.vm_id} is not "
-                                                  "reachable")
-        return await self.client.request(op, args, timeout=timeout, trace=trace)
+            raise actions.Failed(f"the VMM process of {self.vm_id} is not reachable")
+        if not self.supports(type(action)):
+            raise actions.Unsupported(f"the VMM process of {self.vm_id} does not implement "
+                                      f"{action.name}")
+        return await self.client.call(action, timeout=timeout, trace=trace)
 
     def _on_event(self, msg: dict) -> None:
         if msg.get("event") == "exited":
@@ -222,7 +234,7 @@ class VmmHandle:
         self.on_exit(self, info)
 
     def _classify(self, returncode: int | None) -> ExitInfo:
-        ev = self.exit_event or _read_json(self.paths.exit_file)
+        ev = self.exit_event or read_json(self.paths.exit_file)
         ran = self.started or bool(ev and ev.get("ran"))
         if self.fail_reason:
             return ExitInfo(True, self.fail_reason, ran)
@@ -263,7 +275,7 @@ class VmmHandle:
             self.logs.close()
 
 
-def _read_json(path: str) -> dict | None:
+def read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
             v = json.load(f)

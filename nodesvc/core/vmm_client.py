@@ -1,4 +1,7 @@
-"""asyncio client for a VMM process's control socket (protocol: nodesvc.vmm.control)."""
+"""asyncio client for a VMM process's control socket (protocol: nodesvc.vmm.control).
+
+Requests are typed actions (nodesvc.vmm.actions): `await client.call(actions.Pause())`
+returns the action's result dataclass or raises its typed `ActionError`."""
 
 from __future__ import annotations
 
@@ -6,15 +9,7 @@ import asyncio
 import itertools
 from typing import Callable
 
-from ..vmm import control
-
-
-class VmmRequestError(Exception):
-    """The VMM refused or failed a request; `kind` is one of control's error kinds."""
-
-    def __init__(self, kind: str, msg: str):
-        super().__init__(msg)
-        self.kind = kind
+from ..vmm import actions, control
 
 
 class ControlClient:
@@ -40,33 +35,31 @@ class ControlClient:
     async def hello(self, timeout: float) -> dict:
         msg = await asyncio.wait_for(asyncio.shield(self._hello), timeout)
         if not msg:
-            raise VmmRequestError(control.FAILED, "the VMM closed its control connection")
+            raise actions.Failed("the VMM closed its control connection")
         return msg
 
-    async def request(self, op: str, args: dict | None = None, timeout: float = 10.0,
-                      trace: str | None = None) -> dict:
-        """`trace`: W3C traceparent the VMM links its phase timings to."""
+    async def call(self, action: actions.Action, timeout: float = 10.0,
+                   trace: str | None = None):
+        """Run `action` in the VMM; its typed result. `trace`: W3C traceparent the VMM
+        links its phase timings to."""
         async with self._lock:
             if self.closed:
-                raise VmmRequestError(control.FAILED, "the VMM control connection is closed")
+                raise actions.Failed("the VMM control connection is closed")
             rid = next(self._ids)
             fut = asyncio.get_running_loop().create_future()
             self._pending[rid] = fut
             try:
-                req = {"id": rid, "op": op, "args": args or {}}
-                if trace:
-                    req["trace"] = trace
-                self._writer.write(control.encode(req))
+                self._writer.write(control.encode(actions.encode_request(action, rid, trace)))
                 await self._writer.drain()
                 msg = await asyncio.wait_for(fut, timeout)
             except (OSError, asyncio.TimeoutError) as e:
-                raise VmmRequestError(control.FAILED, f"VMM did not answer {op!r}: "
-                                                      f"{type(e).__name__} {e}") from None
+                raise actions.Failed(f"VMM did not answer {action.name!r}: "
+                                     f"{type(e).__name__} {e}") from None
             finally:
                 self._pending.pop(rid, None)
         if not msg.get("ok"):
-            raise VmmRequestError(msg.get("kind", control.FAILED), msg.get("error", "failed"))
-        return msg.get("result") or {}
+            raise actions.error(msg.get("kind"), msg.get("error", "failed"))
+        return actions.decode_result(action, msg.get("result"))
 
     async def _read_loop(self) -> None:
         try:
@@ -90,7 +83,7 @@ class ControlClient:
             pass
         finally:
             self.closed = True
-            err = VmmRequestError(control.FAILED, "the VMM closed its control connection")
+            err = actions.Failed("the VMM closed its control connection")
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(err)
