@@ -9,6 +9,7 @@ import pytest
 
 from nodesvc import tracing
 from nodesvc.vmm import trace
+from nodesvc.vmm.devices import DeviceManager
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -54,13 +55,16 @@ class FakeBootTimer:
 
 
 class FakeVm:
-    def __init__(self, dev):
-        self.devices = {"serial": object(), "boot-timer": dev}
+    def __init__(self, *devs):
+        self.devices = DeviceManager()
+        for kind, dev in devs:
+            self.devices.add(kind, kind, dev)
 
 
 def test_boot_watch_event_once_with_the_trace():
     woke = []
-    w = trace.BootWatch.start(FakeVm(FakeBootTimer()), lambda: woke.append(1))
+    w = trace.BootWatch.start(FakeVm(("serial", object()), ("boot-timer", FakeBootTimer())),
+                              lambda: woke.append(1))
     deadline = time.monotonic() + 5
     while not woke and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -70,7 +74,7 @@ def test_boot_watch_event_once_with_the_trace():
     assert span["name"] == "vmm.boot_timer" and span["end_ns"] - span["start_ns"] == 250_000_000
     assert span["attributes"]["nodesvc.boot_time_us"] == 250_000
     assert w.take_event(TP) is None
-    assert trace.BootWatch.start(type("Vm", (), {"devices": {}})(), lambda: None) is None
+    assert trace.BootWatch.start(FakeVm(("serial", object())), lambda: None) is None
 
 
 def test_late_spans_hang_under_the_given_span():
