@@ -387,6 +387,18 @@ class Connection:
         return seq, self.rcv_nxt, flags, payload, None
 
 
+def _isn_generator() -> Callable[[], int]:
+    """Unpredictable initial sequence numbers from one secret drawn at start (RFC 6528's
+    idea: a keyed PRF), so the event loop never asks the kernel for randomness."""
+    import hashlib
+    import hmac
+    import itertools
+    import os
+    secret, counter = os.urandom(32), itertools.count()
+    return lambda: int.from_bytes(
+        hmac.new(secret, next(counter).to_bytes(8, "little"), hashlib.sha256).digest()[:4], "little")
+
+
 class TcpHandler:
     """All connections of one listening address/port, plus the RST queue."""
 
@@ -394,10 +406,9 @@ class TcpHandler:
                  max_connections: int = MAX_CONNECTIONS,
                  max_pending_resets: int = MAX_PENDING_RESETS,
                  isn: Callable[[], int] | None = None):
-        import os
         self.port, self.respond = port, respond
         self.max_connections, self.max_pending_resets = max_connections, max_pending_resets
-        self._isn = isn or (lambda: int.from_bytes(os.urandom(4), "little"))
+        self._isn = isn or _isn_generator()
         # key (remote ip bytes, remote port) -> (Connection, remote mac)
         self.connections: dict[tuple[bytes, int], tuple[Connection, bytes]] = {}
         self.resets: collections.deque = collections.deque()

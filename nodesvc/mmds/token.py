@@ -11,7 +11,8 @@ tokens longer than 70 characters are not even decoded, a token from another
 VMM (other key) or another VM id (other AAD) fails the tag, and the key is
 replaced after 2^32-1 tokens (invalidating the old ones).
 
-The clock is the VMM's monotonic clock, so a token does not survive a host
+Randomness is drawn once, at start (and at the rare re-key); IVs are a keyed PRF of
+the token counter. The clock is the VMM's monotonic clock, so a token does not survive a host
 reboot or a snapshot restored elsewhere — as in Firecracker.
 """
 
@@ -55,7 +56,13 @@ class TokenAuthority:
         secret = self._urandom(KEY_LEN)
         self._k_enc = hmac.new(secret, b"nodesvc-mmds-enc", hashlib.sha256).digest()
         self._k_mac = hmac.new(secret, b"nodesvc-mmds-mac", hashlib.sha256).digest()
+        self._k_iv = hmac.new(secret, b"nodesvc-mmds-iv", hashlib.sha256).digest()
         self.issued = 0
+
+    def _iv(self) -> bytes:
+        # unique per key (a counter) and unpredictable (a PRF of it): no randomness
+        # needed after start, so a jailed VMM makes no getrandom calls per token
+        return hmac.new(self._k_iv, _U64.pack(self.issued), hashlib.sha256).digest()[:IV_LEN]
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -72,7 +79,7 @@ class TokenAuthority:
         if self.issued >= MAX_TOKENS_PER_KEY:
             self._rekey()
         expiry = self._now_ms() + ttl_seconds * 1000
-        iv = self._urandom(IV_LEN)
+        iv = self._iv()
         ct = bytes(a ^ b for a, b in zip(_U64.pack(expiry), self._keystream(iv)))
         self.issued += 1
         return base64.b64encode(iv + ct + self._tag(iv, ct)).decode("ascii")

@@ -406,3 +406,10 @@ def test_sequence_numbers_wrap():
             break
         p.send(ACK)
     assert response_body(p.data) == (b"200", b"w" * 1000)
+
+
+def test_default_isns_differ_between_connections():
+    from nodesvc.mmds.tcp import _isn_generator
+    gen = _isn_generator()
+    isns = {gen() for _ in range(100)}
+    assert len(isns) == 100 and all(0 <= i < 2**32 for i in isns)

@@ -83,3 +83,15 @@ def test_key_rotates_after_2_32_minus_1_tokens():
     ta.issued = 2**32 - 1
     new = ta.generate(60)
     assert ta.issued == 1 and ta.is_valid(new) and not ta.is_valid(old)
+
+
+def test_randomness_is_drawn_only_at_start():
+    calls = []
+
+    def urandom(n):
+        calls.append(n)
+        return bytes(range(n))
+
+    ta = TokenAuthority(urandom=urandom)
+    toks = [ta.generate(60) for _ in range(50)]
+    assert calls == [32] and len(set(toks)) == 50 and all(map(ta.is_valid, toks))
