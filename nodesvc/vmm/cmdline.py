@@ -12,8 +12,9 @@ DEFAULT_BOOT_ARGS = ("console=ttyS0 reboot=k panic=1 pci=off nomodule "
 #: (see docs/kvm-hosts.md); the guest must not use them.
 # Linux 6.1 reads at most 127 characters of clearcpuid= (and only the first one), so the
 # list holds what the guest kernel could execute and noxsave does not already turn off
-# (AVX and everything built on it need XSAVE; movbe/clwb are never used by its code).
-_CLEAR_CPUID = ("smap,smep,umip,pku,popcnt,rdrand,rdseed,fsgsbase,rdpid,invpcid,pcid,"
+# (AVX and everything built on it need XSAVE; movbe/clwb/rdpid are never used by its code;
+# cx16: SLUB's cmpxchg16b, docs/kvm-hosts.md).
+_CLEAR_CPUID = ("smap,smep,umip,pku,popcnt,rdrand,rdseed,fsgsbase,cx16,invpcid,pcid,"
                 "bmi1,bmi2,erms,fsrm,clflushopt,sha_ni,aes,pclmulqdq,adx")
 CLEARCPUID_MAX = 127
 PVM_WORKAROUNDS = f"noxsave nopti clearcpuid={_CLEAR_CPUID}"
