@@ -5,6 +5,7 @@
     http               bounded HTTP/1.x parsing and micro-http-shaped responses
     service.Mmds       store + tokens + version: one request in, one response out
     tcp, stack         the minimal Ethernet/ARP/IPv4/TCP server the net device feeds
+    config             the `mmds-config` section
 
 No threads, no sockets, no clock of its own beyond `time.monotonic` defaults:
 the net device owns the frames and the timer. See docs/mmds.md.
