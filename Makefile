@@ -36,10 +36,10 @@ sysdeps:
 
 # The client is installed in the same pip call as `-e .` so its `nodesvc` requirement is
 # met by this checkout, never looked up on PyPI.
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml $(PLUGINS)
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml jailer/pyproject.toml $(PLUGINS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]' -e ./clients/python $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
+	$(PY) -m pip install --quiet -e '.[test]' -e ./clients/python -e ./jailer $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
 	touch $@
 
 guest:
