@@ -15,6 +15,7 @@ kind, before any KVM state exists.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from typing import Any, Mapping
 
 from . import cmdline as cmdline_mod
 from . import x86
-from .boot import gdt, initrd as initrd_mod, kernel as kernel_mod, mptable, zeropage
+from .boot import acpi, gdt, initrd as initrd_mod, kernel as kernel_mod, mptable, zeropage
 from .device import DeviceContext
 from .errors import ConfigError, KvmError
 from .eventloop import EventLoop
@@ -34,6 +35,7 @@ from .memory import GuestMemory
 from .ratelimit import limiter_builder
 from .vcpu import VcpuThread
 from .virtio import VirtioMmioTransport, constants as V
+from .virtio.boundary import DeviceLoop, ErrorBoundary
 
 log = logging.getLogger("nodesvc.vmm.builder")
 
@@ -95,6 +97,7 @@ class Builder:
         self.plan: list[PlannedDevice] = []
         self.initrd = None
         self.virtio_slots: list[VirtioSlot] = []
+        self._boundary: ErrorBoundary | None = None    # of the device being attached
 
     def run(self, *steps: str) -> None:
         """Run the named steps in order, each timed as a phase of the target."""
@@ -130,14 +133,22 @@ class Builder:
         t.loop = EventLoop(on_error=lambda e: t.request_exit(
             VmExit(ExitReason.DEVICE_ERROR, f"event loop: {type(e).__name__}: {e}")),
             on_start=t.thread_hooks.get("loop"))
+        limiters = self.plugins.rate_limiter_registry()
         self.ctx = DeviceContext(
             vm_id=t.vm_id, memory=t.memory, pio_bus=t.pio_bus, mmio_bus=t.mmio_bus,
             event_loop=t.loop, irq_line=self.irq_line, console_out=t.console_out,
             request_exit=t.request_exit, add_virtio_device=self.add_virtio_device,
-            rate_limiter=limiter_builder(self.plugins.rate_limiter_registry(), t.loop),
-            devices=t.devices)
+            rate_limiter=limiter_builder(limiters, t.loop), devices=t.devices)
         for p in self.plan:
-            t.devices.add(p.kind, p.device_id, p.device_kind.attach(self.ctx, p.config))
+            # Each device sees the loop through its own error boundary, and so do its
+            # rate limiters' timers: whatever the guest makes it do fails only it.
+            boundary = self._boundary = ErrorBoundary(f"{p.kind}:{p.device_id}")
+            dloop = DeviceLoop(t.loop, boundary)
+            ctx = dataclasses.replace(self.ctx, event_loop=dloop,
+                                      rate_limiter=limiter_builder(limiters, dloop))
+            key = t.devices.add(p.kind, p.device_id, p.device_kind.attach(ctx, p.config))
+            t.boundaries[key] = boundary
+        self._boundary = None
 
     def add_virtio_device(self, device, name: str = "virtio") -> VirtioMmioTransport:
         """Give a virtio device its 4 KiB MMIO window and IRQ; its queue notifications
@@ -150,7 +161,8 @@ class Builder:
         slot = VirtioSlot(VIRTIO_MMIO_BASE + n * V.MMIO_WINDOW, V.MMIO_WINDOW,
                           VIRTIO_FIRST_IRQ + n, name)
         tr = VirtioMmioTransport(device, memory=t.memory, irq=self.irq_line(slot.irq),
-                                 event_loop=t.loop, vm=t.vm, base=slot.base, name=name)
+                                 event_loop=t.loop, vm=t.vm, base=slot.base, name=name,
+                                 boundary=self._boundary)
         t.transports.append(tr)     # from here on, the VM's tear-down closes it
         tr.register_notify_fds()
         t.mmio_bus.insert(slot.base, slot.size, tr)
@@ -196,6 +208,14 @@ class Builder:
         zeropage.write_boot_params(t.memory, cmdline=t.cmdline.encode(), initrd=self.initrd,
                                    setup_header=t.kernel.setup_header, rng_seed=os.urandom(32))
         mptable.write_mptable(t.memory, t.config.machine_config.vcpu_count)
+        # ACPI-only guests (no MP table parsing, no virtio_mmio.device=) find the same
+        # vCPUs, IOAPIC, legacy devices and virtio-mmio windows in ACPI tables.
+        uart = next((d for (kind, _), d in t.devices if kind == "serial"), None)
+        acpi.write_acpi_tables(
+            t.memory, t.config.machine_config.vcpu_count,
+            [(s.base, s.size, s.irq) for s in self.virtio_slots],
+            serial=(uart.port, uart.irq_gsi) if uart is not None else None,
+            i8042=any(kind == "i8042" for kind, _ in t.devices.ids()))
         gdt.write_gdt_idt(t.memory)
         gdt.write_page_tables(t.memory)
 

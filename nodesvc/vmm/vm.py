@@ -43,6 +43,7 @@ class MicroVm:
         self.phase_times: dict[str, tuple[float, float]] = {}
         self.created_at = time.monotonic()
         self.devices = DeviceManager()
+        self.boundaries: dict = {}      # DeviceId -> its ErrorBoundary (failure counts)
         self.cmdline = ""
         self.kernel = None
         self._exit: VmExit | None = None
@@ -171,7 +172,9 @@ class MicroVm:
                 exits[k] = exits.get(k, 0) + n
             in_kvm += v.stats.time_in_kvm
         first = self.first_run_at
+        errors = {str(k): b.failures for k, b in self.boundaries.items() if b.failures}
         return {"exits": exits, "time_in_kvm": in_kvm, "phases": dict(self.phases),
+                "device_errors": errors,
                 "first_run_after": (first - self.created_at) if first else None,
                 "unhandled_pio": self.pio_bus.unhandled_reads + self.pio_bus.unhandled_writes}
 

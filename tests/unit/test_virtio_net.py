@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.memory import GuestMemory
+from nodesvc.vmm.virtio.boundary import DeviceLoop, ErrorBoundary
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
 from nodesvc.testing import CountingIrq, FakeLimiter, GuestDriver, ManualLoop, VirtioConformance
 from nodesvc.vmm.virtio.queue import _DESC
@@ -115,8 +116,11 @@ def pair():
     made = []
 
     def make(features=None, drop=1 << V.F_EVENT_IDX, **kw):
-        dev = VirtioNet(tap, loop, mac=MAC, **kw)
-        t = VirtioMmioTransport(dev, memory=mem, irq=CountingIrq(), event_loop=loop)
+        # as the builder does: the device sees the loop through its error boundary
+        boundary = ErrorBoundary("virtio-net:test")
+        dev = VirtioNet(tap, DeviceLoop(loop, boundary), mac=MAC, **kw)
+        t = VirtioMmioTransport(dev, memory=mem, irq=CountingIrq(), event_loop=loop,
+                                boundary=boundary)
         drv = GuestDriver(t, mem)
         drv.init(features=features, drop=drop)
         loop.run_once()
@@ -126,6 +130,7 @@ def pair():
     yield make, mem, tap, loop
     for t in made:
         t.close()
+        t.device.close()  # the transport releases its fds; the device is its owner's
     loop.close()
     mem.close()
 
@@ -206,8 +211,10 @@ def test_hostile_rx_chain_from_tap_wakeup_fails_device_quietly(pair):
     buf = drv.alloc(64)
     _DESC.pack_into(mem.view(rxq.desc, 16), 0, buf, 64, V.DESC_F_NEXT | V.DESC_F_WRITE, 0)
     rxq.post(0)  # descriptor 0 chains to itself; no kick — the TAP wakes the device
-    dev.on_tap_readable()
+    dev.event_loop.call_soon(dev.on_tap_readable)   # a host-side wake-up, as the loop runs it
+    loop.run_once()         # ... inside the device's error boundary
     assert t.read(V.STATUS, 4) & V.S_NEEDS_RESET and not dev.rx.polling
+    assert t.boundary.failures == 1
     tap.peer.send(bytes(12) + b"late")
     loop.run_once(0.05)  # nothing registered, nothing raised
     assert dev.stats.rx_packets == 0
@@ -280,6 +287,7 @@ def test_rx_scatter_property(layouts, size, mergeable, data):
             assert not fits and t.failure is None
     finally:
         t.close()
+        t.device.close()  # the transport releases its fds; the device is its owner's
         loop.close()
         mem.close()
 

@@ -15,17 +15,21 @@ import threading
 
 from ..kvm import EventFd
 from . import constants as V
+from .boundary import ErrorBoundary
 from .device import VirtioDevice
-from .queue import Virtqueue, VirtqueueError
+from .queue import Virtqueue
 
 log = logging.getLogger("nodesvc.vmm.virtio")
 
 
 class VirtioMmioTransport:
     def __init__(self, device: VirtioDevice, *, memory, irq, event_loop, vm=None, base: int = 0,
-                 name: str = "virtio"):
+                 name: str = "virtio", boundary: ErrorBoundary | None = None):
         self.device, self.memory, self.irq, self.loop = device, memory, irq, event_loop
         self.vm, self.base, self.name = vm, base, name
+        # every device entry point runs inside it (nodesvc.vmm.virtio.boundary)
+        self.boundary = boundary if boundary is not None else ErrorBoundary(name)
+        self.boundary.on_fail = self._enter_needs_reset
         self.queues = [Virtqueue(n) for n in device.queue_sizes]
         self.offered = device.features | V.TRANSPORT_FEATURES
         self._lock = threading.Lock()
@@ -49,7 +53,8 @@ class VirtioMmioTransport:
     # -- bus device -----------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         if offset >= V.CONFIG:
-            return self.device.read_config(offset - V.CONFIG, size)
+            value = self.boundary.guard(self.device.read_config, offset - V.CONFIG, size)
+            return 0 if value is None else value
         if size != 4:
             return 0  # registers are 32-bit; anything else is a driver bug
         with self._lock:
@@ -84,7 +89,7 @@ class VirtioMmioTransport:
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset >= V.CONFIG:
-            self.device.write_config(offset - V.CONFIG, size, value)
+            self.boundary.guard(self.device.write_config, offset - V.CONFIG, size, value)
             return
         if size != 4:
             return
@@ -182,8 +187,7 @@ class VirtioMmioTransport:
         try:
             self.device.activate(self.queues, _Interrupt(self))
         except Exception as e:  # a device that cannot start fails visibly, the VM lives on
-            log.warning("%s: activation failed: %s", self.name, e)
-            self.fail(f"activation failed: {e}")
+            self.fail(f"activation failed: {self.boundary.describe(e)}")
 
     def register_notify_fds(self) -> None:
         """One ioeventfd per queue on QUEUE_NOTIFY (datamatch = queue index), read on the
@@ -204,24 +208,33 @@ class VirtioMmioTransport:
     def _notify(self, index: int) -> None:
         if not self.active or self.failure:
             return
-        try:
-            self.device.queue_notify(index)
-        except VirtqueueError as e:
-            self.fail(str(e))
+        self.boundary.guard(self.device.queue_notify, index)
 
     def _reset(self):
         was_active = self.active or self.failure is not None
         self._reset_state()
         self.failure = None
-        return self.device.reset if was_active else None
+        return self._reset_device if was_active else None
+
+    def _reset_device(self) -> None:
+        self.boundary.guard(self.device.reset)
+        self.boundary.recovered()
 
     # -- failure and interrupts -------------------------------------------------------------
     def fail(self, reason: str) -> None:
+        """The device cannot go on: count and log it (the boundary), then NEEDS_RESET.
+        Any thread; the register lock must not be held."""
+        self.boundary.fail(reason)
+
+    def _enter_needs_reset(self, reason: str) -> None:
         with self._lock:
-            self._fail_locked(reason)
+            self._needs_reset_locked(reason)
 
     def _fail_locked(self, reason: str) -> None:
-        log.warning("%s: device needs reset: %s", self.name, reason)
+        self.boundary.record(reason)
+        self._needs_reset_locked(reason)
+
+    def _needs_reset_locked(self, reason: str) -> None:
         self.failure = reason
         self.active = False
         self.status |= V.S_NEEDS_RESET

@@ -151,8 +151,9 @@ class VirtioNet(VirtioDevice):
         self.on_tx_ready()
 
     def _run(self, path, fn=None) -> None:
-        """Run `path.process()` (or `fn`) unless the device is reset or failed; a bad chain
-        fails the device (NEEDS_RESET) instead of raising into the event loop."""
+        """Run `path.process()` (or `fn`) unless the device is reset or failed. A bad
+        chain stops both paths and propagates: the framework's error boundary (every
+        entry point of a device runs inside it) puts the device into NEEDS_RESET."""
         if path is None or self.failed:
             return
         try:
@@ -161,8 +162,7 @@ class VirtioNet(VirtioDevice):
             self.failed = str(e)
             if self.rx is not None:
                 self.rx.stop()
-            log.warning("%s: %s", self.name, e)
-            self.interrupt.fail(str(e))
+            raise
 
     # -- host side ----------------------------------------------------------------------
     def inject_rx(self, frame: bytes) -> None:
