@@ -136,7 +136,7 @@ def _union(*rule_sets: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
 
 RULES["vmm"] = _union(*RULES.values(), {
     "ioctl": _one_of(1, BUILD_IOCTLS + TUN_IOCTLS),
-    **{n: [ALWAYS] for n in ("access", "readlink", "sysinfo", "prlimit64", "mincore",
+    **{n: [ALWAYS] for n in ("access", "readlink", "getdents64", "sysinfo", "prlimit64", "mincore",
                              "memfd_create", "getcwd", "uname", "sched_getaffinity")},
 })
 
