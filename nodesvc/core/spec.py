@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from ..vmm import config as vmm_config
+from ..vmm.device import plan_devices
 from ..vmm.errors import ConfigError
 from .errors import InvalidSpec, Unsupported
 
@@ -45,7 +46,7 @@ _DEVICE_SECTIONS = {"drives": ("drives", "virtio-block"),
                     "entropy": ("entropy", "virtio-rng"),
                     "metadata_service": ("mmds-config", "the metadata service (MMDS)")}
 # Device plugins name problems by Firecracker key: rename to the spec's fields.
-_FC_PREFIXES = (("drives[", "spec.drives["), ("network-interfaces[", "spec.network_interfaces["),
+_FC_PREFIXES = (("drives", "spec.drives"), ("network-interfaces[", "spec.network_interfaces["),
                 ("vsock", "spec.vsock"), ("entropy", "spec.entropy"))
 
 
@@ -305,20 +306,18 @@ def check_vmm_accepts(spec: dict, *, host_mem_bytes: int | None = None) -> None:
         field = _FC_TO_SPEC.get(path, path)
         raise InvalidSpec(field, str(e)[len(path) + 2:] if path else str(e)) from None
     registry = device_registry()
-    for dev in cfg.devices:     # the device plugins' own checks, as the VMM runs them
+    for dev in cfg.devices:
         if dev.kind not in registry:
             raise Unsupported(f"spec: no plugin on this node provides device kind {dev.kind!r}")
-        validate = getattr(registry.get(dev.kind), "validate", None)
-        try:
-            if validate is not None:
-                validate(dev.config)
-        except ConfigError as e:
-            msg = str(e)
-            for fc_prefix, ours in _FC_PREFIXES:
-                if msg.startswith(fc_prefix):
-                    msg = ours + msg[len(fc_prefix):]
-                    break
-            raise InvalidSpec("", msg) from None
+    try:    # the device kinds' own checks (one config, and across devices), as the VMM runs them
+        plan_devices(registry, [(d.kind, d.config) for d in cfg.devices])
+    except ConfigError as e:
+        msg = str(e)
+        for fc_prefix, ours in _FC_PREFIXES:
+            if msg.startswith(fc_prefix):
+                msg = ours + msg[len(fc_prefix):]
+                break
+        raise InvalidSpec("", msg) from None
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,12 +20,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 from . import cmdline as cmdline_mod
 from . import x86
 from .boot import acpi, gdt, initrd as initrd_mod, kernel as kernel_mod, mptable, zeropage
-from .device import DeviceContext
+from .device import DeviceContext, PlannedDevice, plan_devices
 from .errors import ConfigError, KvmError
 from .eventloop import EventLoop
 from .exits import ExitReason, VmExit
@@ -49,14 +48,6 @@ VIRTIO_MAX_DEVICES = 24 - VIRTIO_FIRST_IRQ  # IOAPIC pins 5..23
 
 
 @dataclass(frozen=True)
-class PlannedDevice:
-    kind: str
-    device_id: str
-    config: Mapping[str, Any]
-    device_kind: Any            # the DeviceKind that validated it and will attach it
-
-
-@dataclass(frozen=True)
 class VirtioSlot:
     """Where a virtio-mmio device lives: the MMIO window and its interrupt (for the
     kernel command line today, and for ACPI tables and snapshots)."""
@@ -64,29 +55,6 @@ class VirtioSlot:
     size: int
     irq: int
     name: str
-
-
-def plan_devices(registry, specs) -> list[PlannedDevice]:
-    """Validate every device config and fix the attach order; raises ConfigError (or
-    the registry's error for an unknown kind) before any KVM state exists."""
-    by_kind: dict[str, list[Mapping[str, Any]]] = {}
-    kinds: dict[str, Any] = {}
-    for kind, cfg in specs:
-        if kind not in kinds:
-            kinds[kind] = registry.kind(kind)
-        kinds[kind].validate(cfg)
-        by_kind.setdefault(kind, []).append(cfg)
-    plan: list[PlannedDevice] = []
-    seen: set[tuple[str, str]] = set()
-    for kind, configs in by_kind.items():     # kinds in order of first appearance
-        dk = kinds[kind]
-        for cfg in dk.arrange(list(configs)):
-            did = dk.device_id(cfg)
-            if (kind, did) in seen:
-                raise ConfigError(f"{kind} {did!r}: two devices have this id")
-            seen.add((kind, did))
-            plan.append(PlannedDevice(kind, did, cfg, dk))
-    return plan
 
 
 class Builder:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
 from .bus import Bus
+from .errors import ConfigError
 from .exits import VmExit
 
 
@@ -115,3 +116,34 @@ def as_device_kind(kind: str, registered: Any) -> DeviceKind | type[DeviceKind]:
     if isinstance(registered, type) and issubclass(registered, DeviceKind):
         return registered
     return FactoryKind(kind, registered)
+
+
+@dataclass(frozen=True)
+class PlannedDevice:
+    kind: str
+    device_id: str
+    config: Mapping[str, Any]
+    device_kind: Any            # the DeviceKind that validated it and will attach it
+
+
+def plan_devices(registry, specs) -> list[PlannedDevice]:
+    """Validate every device config and fix the attach order; raises ConfigError (or
+    the registry's error for an unknown kind) before any KVM state exists."""
+    by_kind: dict[str, list[Mapping[str, Any]]] = {}
+    kinds: dict[str, Any] = {}
+    for kind, cfg in specs:
+        if kind not in kinds:
+            kinds[kind] = registry.kind(kind)
+        kinds[kind].validate(cfg)
+        by_kind.setdefault(kind, []).append(cfg)
+    plan: list[PlannedDevice] = []
+    seen: set[tuple[str, str]] = set()
+    for kind, configs in by_kind.items():     # kinds in order of first appearance
+        dk = kinds[kind]
+        for cfg in dk.arrange(list(configs)):
+            did = dk.device_id(cfg)
+            if (kind, did) in seen:
+                raise ConfigError(f"{kind} {did!r}: two devices have this id")
+            seen.add((kind, did))
+            plan.append(PlannedDevice(kind, did, cfg, dk))
+    return plan

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from nodesvc.plugins import PluginManager
-from nodesvc.vmm.builder import BOOT_STEPS, MACHINE_STEPS, STEP_METHODS, Builder, plan_devices
+from nodesvc.vmm.builder import BOOT_STEPS, MACHINE_STEPS, STEP_METHODS, Builder
+from nodesvc.vmm.device import plan_devices
 from nodesvc.vmm.capabilities import Closeable, Console, PowerButton, RateLimited
 from nodesvc.vmm.devices import DeviceId, DeviceManager, DeviceNotFound
 from nodesvc.vmm.errors import ConfigError
