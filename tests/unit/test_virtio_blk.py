@@ -21,7 +21,7 @@ from nodesvc_virtio_blk import VirtioBlock, parse_drive
 from nodesvc_virtio_blk.device import F_FLUSH, F_RO, F_SEG_MAX, S_IOERR, S_OK, S_UNSUPP
 from nodesvc_virtio_blk.config import validate
 from nodesvc_virtio_blk.plugin import attach, disk_name
-from nodesvc_virtio_blk.ring import FastRing
+from nodesvc.vmm.virtio.ring import FastRing
 
 
 T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8

@@ -14,7 +14,6 @@ from nodesvc.plugins import PluginManager
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
-from nodesvc.vmm.virtio.queue import Descriptor, DescriptorChain
 from nodesvc_vsock import VsockDevice, validate
 from nodesvc_vsock.packet import HDR_SIZE, MAX_PKT_PAYLOAD, OP_RW, Header, RxBuffer, parse_tx
 from nodesvc_vsock.plugin import attach
@@ -128,17 +127,17 @@ def mem():
     m.close()
 
 
-def _chain(mem, raw: bytes, cuts: list[int], base=0x10000, writable=False) -> DescriptorChain:
-    """Put `raw` in guest memory split at `cuts`, each piece in its own (spaced) buffer."""
-    chain, pos, addr = DescriptorChain(0), 0, base
+def _chain(mem, raw: bytes, cuts: list[int], base=0x10000, writable=False):
+    """Put `raw` in guest memory split at `cuts`, each piece in its own (spaced) buffer;
+    the chain as FastRing.pop() returns it: (head, readable, writable) (gpa, len) lists."""
+    bufs, pos, addr = [], 0, base
     for end in sorted(set(cuts)) + [len(raw)]:
         piece = raw[pos:end]
         mem.view(addr, len(piece))[:] = piece
-        side = chain.writable if writable else chain.readable
-        side.append(Descriptor(addr, len(piece), writable))
+        bufs.append((addr, len(piece)))
         addr += len(piece) + 64
         pos = end
-    return chain
+    return (0, [], bufs) if writable else (0, bufs, [])
 
 
 def _hdr(n, **kw):
@@ -180,7 +179,7 @@ def test_rx_buffer_scatter(mem, payload, data):
         n = buf.recv_from(b, len(payload))
         hdr = _hdr(n, op=OP_RW)
         assert n == len(payload) and buf.finish(hdr) == HDR_SIZE + n
-        out = b"".join(bytes(mem.view(d.addr, d.length)) for d in chain.writable)
+        out = b"".join(bytes(mem.view(a, n)) for a, n in chain[2])
         assert out[:HDR_SIZE] == hdr.pack() and out[HDR_SIZE:HDR_SIZE + n] == payload
     finally:
         a.close()

@@ -57,10 +57,10 @@ class Virtqueue:
         if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
             raise ValueError(f"queue size {max_size} must be a power of two ≤ {MAX_QUEUE_SIZE}")
         self.max_size = max_size
-        self.memory = None
         self.reset()
 
     def reset(self) -> None:
+        self.memory = None   # until activated again: nothing reads a reset queue's rings
         self.size = self.max_size
         self.ready = False
         self.desc_table = self.avail_ring = self.used_ring = 0

@@ -22,8 +22,7 @@ from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import consume_op, parse_limiter_config
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
 from nodesvc.vmm.virtio.constants import ID_BLOCK
-
-from .ring import FastRing
+from nodesvc.vmm.virtio.ring import FastRing, gather, scatter, skip
 
 log = logging.getLogger("nodesvc.virtio_blk")
 
@@ -139,7 +138,7 @@ class VirtioBlock(VirtioDevice):
         if rd and rd[0][1] >= _HEADER_LEN and rd[0][0] + _HEADER_LEN <= end:
             rtype, _, sector = _unpack_header(ram, rd[0][0])
         else:
-            head = _gather(ring, rd, _HEADER_LEN)   # a split or short header: rare
+            head = gather(ring, rd, _HEADER_LEN)   # a split or short header: rare
             if len(head) < _HEADER_LEN:
                 return _status(ring, status_addr, S_IOERR, 0)
             rtype, _, sector = _HEADER.unpack(head)
@@ -163,7 +162,7 @@ class VirtioBlock(VirtioDevice):
                 return got + 1
             return _status(ring, status_addr, S_OK if got == nbytes else S_IOERR, got)
         if rtype == T_OUT:
-            data = _skip(rd, _HEADER_LEN)
+            data = skip(rd, _HEADER_LEN)
             nbytes = sum(b[1] for b in data)
             if self.read_only or nbytes & 511 or sector + (nbytes >> SECTOR_SHIFT) > self.capacity:
                 return _status(ring, status_addr, S_IOERR, 0)
@@ -186,7 +185,7 @@ class VirtioBlock(VirtioDevice):
         if rtype == T_GET_ID:
             if sum(b[1] for b in data) < ID_BYTES:
                 return _status(ring, status_addr, S_IOERR, 0)
-            _scatter(ring.views(data), self._id)
+            scatter(ring.views(data), self._id)
             return _status(ring, status_addr, S_OK, ID_BYTES)
         return _status(ring, status_addr, S_UNSUPP, 0)
 
@@ -248,35 +247,3 @@ def _split_status(wr: list) -> tuple[int, list]:
         raise VirtqueueError("virtio-blk request has no status byte")
     addr, n = wr[-1]
     return addr + n - 1, wr[:-1] + ([(addr, n - 1)] if n > 1 else [])
-
-
-def _gather(ring: FastRing, bufs: list, n: int) -> bytes:
-    """The first `n` bytes of the buffers (fewer if they are shorter)."""
-    out = bytearray()
-    for a, ln in bufs:
-        if len(out) >= n:
-            break
-        out += ring.views([(a, min(ln, n - len(out)))])[0]
-    return bytes(out)
-
-
-def _skip(bufs: list, n: int) -> list:
-    """The (gpa, len) buffers that follow the first `n` bytes."""
-    out = []
-    for a, ln in bufs:
-        if n >= ln:
-            n -= ln
-            continue
-        out.append((a + n, ln - n))
-        n = 0
-    return out
-
-
-def _scatter(views: list, data: bytes) -> None:
-    off = 0
-    for v in views:
-        take = min(len(v), len(data) - off)
-        if take <= 0:
-            break
-        v[:take] = data[off:off + take]
-        off += take

@@ -29,6 +29,7 @@ import struct
 
 from nodesvc.net.tap import VNET_HDR_LEN
 from nodesvc.vmm.ratelimit import consume_op
+from nodesvc.vmm.virtio.ring import FastRing, buffers_len, scatter
 
 from .constants import HDR_FLAGS_OFFSET, HDR_NUM_BUFFERS_OFFSET, MAX_BUFFER_LEN
 
@@ -40,7 +41,7 @@ _U16 = struct.Struct("<H")
 
 class RxPath:
     def __init__(self, dev, queue, *, mergeable: bool, guest_csum: bool):
-        self.dev, self.queue, self.mem = dev, queue, queue.memory
+        self.dev, self.queue, self.ring = dev, queue, FastRing(queue)
         self.fd, self.stats = dev.tap.fd, dev.stats
         self.mergeable, self.guest_csum = mergeable, guest_csum
         # +1 so a readv that fills everything means "bigger than any legal frame"
@@ -96,7 +97,7 @@ class RxPath:
         self.injected.clear()
 
     def _complete(self, head: int, length: int) -> None:
-        self.queue.add_used(head, length)
+        self.ring.add_used(head, length)
         self.completed += 1
 
     # -- chains ------------------------------------------------------------------------
@@ -106,16 +107,16 @@ class RxPath:
         Completing a bad chain at once is safe even mid-frame: a frame's own chains
         reach the used ring together in _publish, so they stay contiguous (MRG_RXBUF)."""
         while True:
-            chain = self.queue.pop()
+            chain = self.ring.pop()
             if chain is None:
                 return None
-            cap = chain.writable_len
+            head, _, writable = chain
+            cap = buffers_len(writable)
             if cap < (VNET_HDR_LEN if first else 1):
                 self.stats.rx_bad_buffers += 1
-                self._complete(chain.head, 0)
+                self._complete(head, 0)
                 continue
-            return chain.head, cap, [self.mem.view(d.addr, d.length)
-                                     for d in chain.writable if d.length]
+            return head, cap, self.ring.nonempty_views(writable)
 
     # -- frames ------------------------------------------------------------------------
     def _read_tap(self, chain) -> bool:
@@ -123,16 +124,16 @@ class RxPath:
         try:
             n = os.readv(self.fd, views + [self.bounce])
         except BlockingIOError:
-            self.queue.undo_pop()
+            self.ring.undo_pop()
             return False
         except OSError as e:  # e.g. EBADFD after the TAP was deleted: count, don't spin
-            self.queue.undo_pop()
+            self.ring.undo_pop()
             self.stats.rx_tap_errors += 1
             log.warning("%s: TAP read failed: %s", self.dev.name, e)
             return False
         if n > MAX_BUFFER_LEN or (n > cap and not self.mergeable) or n < VNET_HDR_LEN:
             self.stats.rx_dropped += 1     # too big for the guest's buffer: reuse the chain
-            self.queue.undo_pop()
+            self.ring.undo_pop()
             return True
         self.held, self.pending, self.placed = [chain], n, min(n, cap)
         self.spill = self.bounce[:n - cap] if n > cap else None
@@ -152,7 +153,7 @@ class RxPath:
                 return False
             _, cap, views = chain
             take = min(cap, len(self.spill))
-            self._write(views, 0, self.spill[:take])
+            scatter(views, self.spill[:take])
             self.held.append(chain)
             self.placed += take
             self.spill = self.spill[take:] if take < len(self.spill) else None
@@ -176,9 +177,9 @@ class RxPath:
             if not self.guest_csum:
                 v0[HDR_FLAGS_OFFSET] = 0
         else:
-            self._write(first, HDR_NUM_BUFFERS_OFFSET, _U16.pack(len(held)))
+            scatter(first, _U16.pack(len(held)), HDR_NUM_BUFFERS_OFFSET)
             if not self.guest_csum:
-                self._write(first, HDR_FLAGS_OFFSET, b"\0")
+                scatter(first, b"\0", HDR_FLAGS_OFFSET)
         if len(held) == 1:
             self._complete(held[0][0], n)
         else:
@@ -190,19 +191,6 @@ class RxPath:
         self.stats.rx_packets += 1
         self.stats.rx_bytes += n - VNET_HDR_LEN
         self.held, self.pending, self.spill = [], 0, None
-
-    @staticmethod
-    def _write(views, offset: int, data) -> None:
-        """Write `data` at byte `offset` of a chain's buffers (which may split anywhere)."""
-        for v in views:
-            if offset >= len(v):
-                offset -= len(v)
-                continue
-            k = min(len(v) - offset, len(data))
-            v[offset:offset + k] = data[:k]
-            data, offset = data[k:], 0
-            if not data:
-                return
 
     def _set_polling(self, on: bool) -> None:
         if on == self.polling:

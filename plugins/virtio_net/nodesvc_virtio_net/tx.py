@@ -16,6 +16,7 @@ import os
 
 from nodesvc.net.tap import VNET_HDR_LEN
 from nodesvc.vmm.ratelimit import consume_op, replenish_op
+from nodesvc.vmm.virtio.ring import FastRing, buffers_len
 
 from .constants import MAX_BUFFER_LEN
 
@@ -26,30 +27,31 @@ BUDGET = 256
 
 class TxPath:
     def __init__(self, dev, queue):
-        self.dev, self.queue, self.mem = dev, queue, queue.memory
+        self.dev, self.queue, self.ring = dev, queue, FastRing(queue)
         self.fd, self.stats = dev.tap.fd, dev.stats
 
     def process(self) -> None:
-        q, stats, dev = self.queue, self.stats, self.dev
-        view, writev, fd = self.mem.view, os.writev, self.fd
+        ring, stats, dev = self.ring, self.stats, self.dev
+        writev, fd = os.writev, self.fd
         limiter, tx_filter = dev.tx_limiter, dev.tx_filter
         used = 0
         for _ in range(BUDGET):
-            chain = q.pop()
+            chain = ring.pop()
             if chain is None:
                 break
-            nbytes = chain.readable_len
+            head, readable, _ = chain
+            nbytes = buffers_len(readable)
             if not VNET_HDR_LEN <= nbytes <= MAX_BUFFER_LEN:
                 stats.tx_malformed += 1     # no header, or larger than any legal frame
-                q.add_used(chain.head, 0)
+                ring.add_used(head, 0)
                 used += 1
                 continue
             # one op + the bytes with the header, as Firecracker charges
             if limiter is not None and not consume_op(limiter, nbytes):
-                q.undo_pop()                # retried on the limiter's wake-up
+                ring.undo_pop()             # retried on the limiter's wake-up
                 stats.tx_throttled += 1
                 break
-            views = [view(d.addr, d.length) for d in chain.readable if d.length]
+            views = ring.nonempty_views(readable)
             if tx_filter is not None and tx_filter(b"".join(views)[VNET_HDR_LEN:]):
                 replenish_op(limiter, nbytes)
                 stats.tx_filtered += 1
@@ -60,13 +62,13 @@ class TxPath:
                     stats.tx_bytes += nbytes - VNET_HDR_LEN
                 except OSError as e:
                     self._write_failed(e)
-            q.add_used(chain.head, 0)
+            ring.add_used(head, 0)
             used += 1
         else:
-            if q.has_available():  # budget spent with work left: yield to other fds
+            if ring.has_available():  # budget spent with work left: yield to other fds
                 dev.resume_tx_later()
         if used:
-            dev.interrupt.signal_used(q)
+            dev.interrupt.signal_used(self.queue)
 
     def _write_failed(self, e: OSError) -> None:
         # EAGAIN: the TAP's queue is full (no reader keeping up); EIO: link down;

@@ -17,6 +17,7 @@ import collections
 import struct
 
 from nodesvc.vmm.virtio import VirtioDevice, constants as V
+from nodesvc.vmm.virtio.ring import FastRing, buffers_len, scatter
 
 from .muxer import Muxer
 from .packet import EVENT_TRANSPORT_RESET, HDR_SIZE, RxBuffer, parse_tx
@@ -37,7 +38,7 @@ class VsockDevice(VirtioDevice):
         self.muxer = Muxer(guest_cid, uds_path, event_loop, on_activity=self._on_host_activity,
                            **muxer_options)
         self._generation = self._seen_generation = 0
-        self.memory = None
+        self.rings: tuple[FastRing, ...] = ()
         self.active = False
         self._rx_bufs: collections.deque = collections.deque()
         self._evt_bufs: collections.deque = collections.deque()
@@ -51,7 +52,7 @@ class VsockDevice(VirtioDevice):
     # -- lifecycle ----------------------------------------------------------------------
     def activate(self, queues, interrupt) -> None:
         super().activate(queues, interrupt)
-        self.memory = next((q.memory for q in queues if q.ready), None)
+        self.rings = tuple(FastRing(q) for q in queues)   # idle for queues left disabled
         self.active = True
         # host connections may have queued REQUESTs before the driver came up
         self.loop.call_soon(self._on_host_activity)
@@ -114,16 +115,15 @@ class VsockDevice(VirtioDevice):
 
     def _take(self, index: int, held: collections.deque, min_len: int) -> None:
         """Move newly posted chains of a device-writable queue into `held`."""
-        q = self.queues[index] if index < len(self.queues) else None
-        if q is None or not q.ready:
-            return
+        ring = self.rings[index]
+        q = ring.q
         returned = False
         while len(held) < q.size:  # a driver cannot legitimately have more outstanding
-            chain = q.pop()
+            chain = ring.pop()
             if chain is None:
                 break
-            if chain.writable_len < min_len:  # useless for us: hand it straight back
-                q.add_used(chain.head, 0)
+            if buffers_len(chain[2]) < min_len:  # useless for us: hand it straight back
+                ring.add_used(chain[0], 0)
                 returned = True
                 self.stats["short_buffers"] += 1
             else:
@@ -132,49 +132,49 @@ class VsockDevice(VirtioDevice):
             self.interrupt.signal_used(q)
 
     def _process_tx(self) -> None:
-        q = self.queues[TX]
-        if not q.ready:
+        ring = self.rings[TX]
+        if ring.idle:
             return
         used = False
         while True:
             if not self.muxer.can_accept_tx():
                 self._tx_blocked = True
                 break
-            chain = q.pop()
+            chain = ring.pop()
             if chain is None:
                 break
-            parsed = parse_tx(self.memory, chain)
+            parsed = parse_tx(ring, chain)
             if parsed is None:
                 self.stats["bad_packets"] += 1
             else:
                 self.muxer.from_guest(*parsed)
-            q.add_used(chain.head, 0)  # only now: the payload views pointed into this buffer
+            ring.add_used(chain[0], 0)  # only now: the payload views pointed into this buffer
             used = True
         if used:
-            self.interrupt.signal_used(q)
+            self.interrupt.signal_used(ring.q)
 
     def _process_rx(self) -> None:
-        q = self.queues[RX]
+        ring = self.rings[RX]
         self._take(RX, self._rx_bufs, HDR_SIZE)
-        if not self.muxer.has_pending() or not q.ready:
+        if not self.muxer.has_pending() or ring.idle:
             return
         used = False
         while self._rx_bufs:
-            buf = RxBuffer(self.memory, self._rx_bufs[0])
+            buf = RxBuffer(ring, self._rx_bufs[0])
             hdr = self.muxer.fill(buf)
             if hdr is None:
                 break
             self._rx_bufs.popleft()
-            q.add_used(buf.chain.head, buf.finish(hdr))
+            ring.add_used(buf.head, buf.finish(hdr))
             used = True
         if used:
-            self.interrupt.signal_used(q)
+            self.interrupt.signal_used(ring.q)
 
     def _deliver_events(self) -> None:
         self._take(EVT, self._evt_bufs, 4)
         if self._reset_event_pending and self._evt_bufs:
-            q, chain = self.queues[EVT], self._evt_bufs.popleft()
-            q.write_chain(chain, struct.pack("<I", EVENT_TRANSPORT_RESET))
-            q.add_used(chain.head, 4)
+            ring, chain = self.rings[EVT], self._evt_bufs.popleft()
+            scatter(ring.nonempty_views(chain[2]), struct.pack("<I", EVENT_TRANSPORT_RESET))
+            ring.add_used(chain[0], 4)
             self._reset_event_pending = False
-            self.interrupt.signal_used(q)
+            self.interrupt.signal_used(ring.q)

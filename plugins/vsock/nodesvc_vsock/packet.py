@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from nodesvc.vmm.virtio.ring import buffers_len, gather, scatter, skip, take
+
 HDR = struct.Struct("<QQIIIHHIII")
 HDR_SIZE = HDR.size  # 44
 assert HDR_SIZE == 44
@@ -52,62 +54,37 @@ class Header(NamedTuple):
 def parse_tx(memory, chain) -> tuple[Header, list[memoryview]] | None:
     """Header and payload views of a guest TX chain, or None when the packet is malformed.
 
-    The header may be split across descriptors (older Linux puts it in its own
-    buffer); the payload views cover exactly `hdr.len` bytes of guest memory.
+    `chain` is `(head, readable, writable)` as `FastRing.pop()` returns it; `memory` is the
+    ring (or a GuestMemory). The header may be split across descriptors (older Linux puts
+    it in its own buffer); the payload views cover exactly `hdr.len` bytes of guest memory.
     """
-    if chain.readable_len < HDR_SIZE:
+    readable = chain[1]
+    total = buffers_len(readable)
+    if total < HDR_SIZE:
         return None
-    first = chain.readable[0]
-    if first.length >= HDR_SIZE:
-        hdr = Header(*HDR.unpack_from(memory.view(first.addr, HDR_SIZE)))
-    else:
-        raw = bytearray()
-        for d in chain.readable:
-            raw += memory.view(d.addr, min(d.length, HDR_SIZE - len(raw)))
-            if len(raw) == HDR_SIZE:
-                break
-        hdr = Header(*HDR.unpack(raw))
-    if hdr.len > MAX_PKT_PAYLOAD or hdr.len > chain.readable_len - HDR_SIZE:
+    hdr = Header(*HDR.unpack(gather(memory, readable, HDR_SIZE)))
+    if hdr.len > MAX_PKT_PAYLOAD or hdr.len > total - HDR_SIZE:
         return None
-    views, skip, want = [], HDR_SIZE, hdr.len
-    for d in chain.readable:
-        if want == 0:
-            break
-        if skip >= d.length:
-            skip -= d.length
-            continue
-        take = min(d.length - skip, want)
-        views.append(memory.view(d.addr + skip, take))
-        want -= take
-        skip = 0
-    return hdr, views
+    return hdr, [memory.view(a, n) for a, n in take(skip(readable, HDR_SIZE), hdr.len) if n]
 
 
 class RxBuffer:
     """One guest RX chain being filled: payload goes straight from a socket into guest memory."""
 
-    __slots__ = ("memory", "chain", "room", "_views", "_whole")
+    __slots__ = ("memory", "chain", "room", "_views")
 
     def __init__(self, memory, chain):
         self.memory, self.chain = memory, chain
-        self.room = chain.writable_len - HDR_SIZE  # negative: too small even for a header
+        self.room = buffers_len(chain[2]) - HDR_SIZE  # negative: too small even for a header
         self._views: list[memoryview] | None = None
-        self._whole = None
+
+    @property
+    def head(self) -> int:
+        return self.chain[0]
 
     def payload_views(self) -> list[memoryview]:
-        if self._views is None and len(self.chain.writable) == 1:  # the common case: one view
-            d = self.chain.writable[0]
-            self._whole = self.memory.view(d.addr, d.length)
-            self._views = [self._whole[HDR_SIZE:]]
-        elif self._views is None:
-            views, skip = [], HDR_SIZE
-            for d in self.chain.writable:
-                if skip >= d.length:
-                    skip -= d.length
-                    continue
-                views.append(self.memory.view(d.addr + skip, d.length - skip))
-                skip = 0
-            self._views = views
+        if self._views is None:
+            self._views = [self.memory.view(a, n) for a, n in skip(self.chain[2], HDR_SIZE) if n]
         return self._views
 
     def recv_from(self, sock, limit: int) -> int:
@@ -132,25 +109,9 @@ class RxBuffer:
         return got
 
     def write_payload(self, data: bytes) -> None:
-        done = 0
-        for view in self.payload_views():
-            take = min(len(view), len(data) - done)
-            view[:take] = data[done:done + take]
-            done += take
-            if done == len(data):
-                return
+        scatter(self.payload_views(), data)
 
     def finish(self, hdr: Header) -> int:
         """Write the header; returns the byte count for the used ring."""
-        raw = hdr.pack()
-        if self._whole is not None:
-            self._whole[:HDR_SIZE] = raw
-            return HDR_SIZE + hdr.len
-        done = 0
-        for d in self.chain.writable:
-            take = min(d.length, HDR_SIZE - done)
-            self.memory.view(d.addr, take)[:] = raw[done:done + take]
-            done += take
-            if done == HDR_SIZE:
-                break
+        scatter([self.memory.view(a, n) for a, n in take(self.chain[2], HDR_SIZE)], hdr.pack())
         return HDR_SIZE + hdr.len
