@@ -76,16 +76,3 @@ class UidAllocator:
                 except FileNotFoundError:
                     pass
 
-
-def processes_of_uid(uid: int) -> list[int]:
-    """Host pids whose real uid is `uid` (a straggler check for sweeps)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{name}").st_uid == uid:
-                out.append(int(name))
-        except OSError:
-            pass
-    return out
