@@ -9,4 +9,4 @@ ffi = _cffi_backend.FFI('nodesvc.vmm._timerfd_ffi',
 )
 
 # digest of timerfd.py; see nodesvc/vmm/cffi_cache.py
-DIGEST = "df872d3d66715f68"
+DIGEST = "b58f167fa27e33c6"

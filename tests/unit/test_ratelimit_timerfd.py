@@ -9,7 +9,7 @@ import pytest
 from nodesvc.vmm.eventloop import EventLoop
 from nodesvc.vmm.ratelimit import TokenType
 from nodesvc_token_bucket import TokenBucketLimiter
-from nodesvc_token_bucket.timerfd import TimerFd
+from nodesvc.vmm.timerfd import TimerFd
 
 OPS = TokenType.OPS
 

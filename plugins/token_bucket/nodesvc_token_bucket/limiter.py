@@ -8,9 +8,9 @@ from typing import Any, Callable, Mapping
 
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import TokenType, parse_limiter_config
+from nodesvc.vmm.timerfd import TimerFd
 
 from .bucket import NS_PER_MS, Clock, Reduction, TokenBucket
-from .timerfd import TimerFd
 
 KIND = "token-bucket"
 #: Firecracker re-checks a blocked limiter after this long (REFILL_TIMER_INTERVAL_MS).

@@ -19,10 +19,11 @@ import select
 import socket
 import time
 
+from nodesvc.vmm.timerfd import TimerFd
+
 from .connection import DEAD, LOCAL_INIT, PEER_INIT, Connection
 from .packet import HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM, U32, Header
 from . import uds
-from .timer import TickTimer
 
 log = logging.getLogger("nodesvc.vsock")
 
@@ -49,7 +50,8 @@ class Muxer:
         self._ports: set[int] = set()
         self._listen_paused = False
         self.epoll = select.epoll()
-        self.timer = TickTimer(tick)
+        self.timer = TimerFd()    # in our own epoll set, ticking while anything can time out
+        self._tick_ns = int(tick * 1e9)
         self.listener, self._inode = uds.listen(self.uds_path)
         self._watch(self.listener.fileno(), _EV_IN, self._accept)
         self._watch(self.timer.fd, _EV_IN, self._tick)
@@ -86,7 +88,7 @@ class Muxer:
         self.on_activity()
 
     def _tick(self, _ev: int) -> None:
-        self.timer.consume()
+        self.timer.clear()
         now = time.monotonic()
         if self._listen_paused:
             self._listen_paused = False
@@ -114,7 +116,7 @@ class Muxer:
                 log.warning("vsock: accept on %s failed: %s", self.uds_path, e)  # fd spins)
                 self._listen_paused = True
                 self._watch(self.listener.fileno(), 0)
-                self.timer.arm()  # the next tick listens again
+                self.timer.start_periodic(self._tick_ns)  # the next tick listens again
                 return
             if len(self.conns) + len(self._handshakes) >= MAX_CONNECTIONS:
                 self.stats["refused_full"] += 1
@@ -124,7 +126,7 @@ class Muxer:
             fd = sock.fileno()
             self._handshakes[fd] = uds.Handshake(sock, time.monotonic() + self.connect_timeout)
             self._watch(fd, _EV_IN, lambda ev, fd=fd: self._on_handshake(fd, ev))
-            self.timer.arm()
+            self.timer.start_periodic(self._tick_ns)
 
     def _drop_handshake(self, fd: int) -> None:
         hs = self._handshakes.pop(fd)
@@ -234,7 +236,7 @@ class Muxer:
         if conn.pending:
             self.rxq[conn.key] = None
         if conn.deadline is not None:
-            self.timer.arm()
+            self.timer.start_periodic(self._tick_ns)
 
     def _remove(self, conn: Connection) -> None:
         if self.conns.get(conn.key) is conn:
