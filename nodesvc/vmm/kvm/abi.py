@@ -1,9 +1,9 @@
 """The subset of <linux/kvm.h> (x86_64) and libc that the VMM uses, declared once for cffi.
 
 ABI mode: no compiler at install time. Struct layouts follow the kernel's UAPI
-header exactly; tests/unit/test_kvm_abi.py checks every size and offset against
-the real header with gcc when it is available. Ioctl numbers are computed from
-these declarations in `ioctls.py`, never written by hand.
+header exactly; tests/unit/test_kvm_abi.py walks these declarations and checks every
+struct's size and every field's offset and size against the real header with gcc.
+Ioctl numbers are computed from these declarations in `ioctls.py`, never by hand.
 """
 
 from __future__ import annotations
@@ -207,7 +207,9 @@ struct kvm_run {
         struct kvm_run_system_event system_event;
         char padding[256];
     };
-    /* kvm_valid_regs / kvm_dirty_regs / sync regs follow; unused */
+    uint64_t kvm_valid_regs;
+    uint64_t kvm_dirty_regs;
+    union { char padding[2048]; } s;    /* struct kvm_sync_regs: unused */
 };
 """)
 
