@@ -14,6 +14,8 @@ import fcntl
 import os
 import struct
 
+from .nsenter import run_in_netns
+
 # <linux/if_tun.h> ioctls (_IOW('T', nr, int)) and flags
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -119,5 +121,4 @@ def open_tap(name: str, netns: str | None = None, *, vnet_hdr: bool = True,
     """Open TAP `name`, joining network namespace `netns` (name or path) for the ioctl."""
     if netns is None:
         return Tap.open(name, vnet_hdr=vnet_hdr, offload=offload)
-    from .netns import run_in_netns
     return run_in_netns(netns, Tap.open, name, vnet_hdr=vnet_hdr, offload=offload)
