@@ -178,3 +178,54 @@ def replenish_op(limiter: RateLimiter | None, nbytes: int) -> None:
     if limiter is not None:
         limiter.manual_replenish(1, TokenType.OPS)
         limiter.manual_replenish(nbytes, TokenType.BYTES)
+
+
+class OneLimiter:
+    """The RateLimited capability of a device with one limiter on queue 0 (blk, rng).
+
+    The device calls `_init_limiter()` from its constructor, charges requests with
+    `_consume(nbytes)`, and says by `_resumable()` whether queue 0 may run now; a
+    limiter's wake-up (event-loop thread) re-runs the queue through `resume_queue(0)`.
+    `_limiter_owner` names the device in errors ("entropy", "drives[rootfs]").
+    """
+
+    _limiter_owner = "device"
+    _one_limiter = "the device has"
+
+    def _init_limiter(self, limiter, limiter_builder, event_loop) -> None:
+        self._limiter_builder, self._loop = limiter_builder, event_loop
+        self.limiter = None
+        self._set_limiter(limiter)
+
+    def _resumable(self) -> bool:
+        raise NotImplementedError
+
+    def _consume(self, nbytes: int) -> bool:
+        """One op, plus the data bytes."""
+        return consume_op(self.limiter, nbytes)
+
+    def _set_limiter(self, limiter) -> None:
+        if limiter is not None:
+            limiter.set_wakeup(self._wakeup)
+        self.limiter = limiter
+
+    def _wakeup(self) -> None:
+        """The limiter unblocked (event-loop thread): resume where we stopped."""
+        if self._resumable():
+            self.resume_queue(0)
+
+    def update_rate_limiter(self, config, which: str | None = None) -> None:
+        """Adjust or add the limiter on a running VM (Firecracker's PATCH /drives, /entropy)."""
+        owner = self._limiter_owner
+        if which is not None:
+            raise ConfigError(f"{owner}: {self._one_limiter} one rate limiter, not {which!r}")
+        parsed = parse_limiter_config(config, f"{owner}.rate_limiter")
+        if self.limiter is not None:
+            self.limiter.update(config)
+        elif parsed and self._limiter_builder is not None:
+            self._set_limiter(self._limiter_builder(config))
+        # requests may be parked behind the old limits: retry them on the loop thread
+        if self._loop is not None:
+            self._loop.call_soon(self._wakeup)
+        else:
+            self._wakeup()

@@ -19,7 +19,7 @@ import struct
 import threading
 
 from nodesvc.vmm.errors import ConfigError
-from nodesvc.vmm.ratelimit import consume_op, parse_limiter_config
+from nodesvc.vmm.ratelimit import OneLimiter
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
 from nodesvc.vmm.virtio.constants import ID_BLOCK
 from nodesvc.vmm.virtio.ring import FastRing, gather, scatter, skip
@@ -55,7 +55,7 @@ def open_backing(path: str, read_only: bool) -> tuple[int, int]:
     return fd, size >> SECTOR_SHIFT
 
 
-class VirtioBlock(VirtioDevice):
+class VirtioBlock(OneLimiter, VirtioDevice):
     device_id = ID_BLOCK
     queue_sizes = (QUEUE_SIZE,)
 
@@ -71,9 +71,9 @@ class VirtioBlock(VirtioDevice):
         self._lock = threading.Lock()   # request processing vs. hot-swap from other threads
         self._ring: FastRing | None = None
         self._broken = False
-        self._limiter_builder, self._loop = limiter_builder, event_loop
-        self.limiter = None
-        self._set_limiter(limiter)
+        self._limiter_owner = f"drives[{drive.drive_id}]"
+        self._one_limiter = "a drive has"
+        self._init_limiter(limiter, limiter_builder, event_loop)
 
     # -- virtio device contract -----------------------------------------------------------
     def config_bytes(self) -> bytes:
@@ -189,36 +189,9 @@ class VirtioBlock(VirtioDevice):
             return _status(ring, status_addr, S_OK, ID_BYTES)
         return _status(ring, status_addr, S_UNSUPP, 0)
 
-    def _consume(self, nbytes: int) -> bool:
-        """One op, plus the data bytes (Firecracker charges bytes for IN/OUT only)."""
-        return consume_op(self.limiter, nbytes)
-
-    # -- rate limiter ---------------------------------------------------------------------
-    def _set_limiter(self, limiter) -> None:
-        if limiter is not None:
-            limiter.set_wakeup(self._wakeup)
-        self.limiter = limiter
-
-    def _wakeup(self) -> None:
-        """The limiter unblocked (event-loop thread): resume where we stopped."""
-        if self._ring is not None and not self._broken:
-            self.resume_queue(0)
-
-    def update_rate_limiter(self, config, which: str | None = None) -> None:
-        """Replace/adjust the limiter on a running VM (Firecracker's PATCH /drives)."""
-        if which is not None:
-            raise ConfigError(f"drives[{self.drive.drive_id}]: a drive has one rate limiter, "
-                              f"not {which!r}")
-        parsed = parse_limiter_config(config, f"drives[{self.drive.drive_id}].rate_limiter")
-        if self.limiter is not None:
-            self.limiter.update(config)
-        elif parsed and self._limiter_builder is not None:
-            self._set_limiter(self._limiter_builder(config))
-        # requests may be parked behind the old limits: retry them on the loop thread
-        if self._loop is not None:
-            self._loop.call_soon(self._wakeup)
-        else:
-            self._wakeup()
+    # -- rate limiter (OneLimiter: Firecracker charges data bytes for IN/OUT only) ------------
+    def _resumable(self) -> bool:
+        return self._ring is not None and not self._broken
 
     # -- hot swap ---------------------------------------------------------------------------
     def update_backing_file(self, path: str) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from nodesvc.vmm.ratelimit import consume_op, parse_limiter_config
-from nodesvc.vmm.errors import ConfigError
+from nodesvc.vmm.ratelimit import OneLimiter
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
 from nodesvc.vmm.virtio.constants import ID_RNG
 
@@ -25,17 +24,16 @@ QUEUE_SIZE = 256
 MAX_FILL = 64 << 10
 
 
-class VirtioRng(VirtioDevice):
+class VirtioRng(OneLimiter, VirtioDevice):
     device_id = ID_RNG
+    _limiter_owner = "entropy"
     queue_sizes = (QUEUE_SIZE,)
 
     def __init__(self, *, limiter=None, limiter_builder=None, event_loop=None):
         super().__init__()
-        self._limiter_builder, self._loop = limiter_builder, event_loop
         self._broken = False
         self.bytes_served = 0
-        self.limiter = None
-        self._set_limiter(limiter)
+        self._init_limiter(limiter, limiter_builder, event_loop)
 
     def activate(self, queues, interrupt) -> None:
         super().activate(queues, interrupt)
@@ -72,30 +70,6 @@ class VirtioRng(VirtioDevice):
             if done:
                 interrupt.signal_used(q)
 
-    # -- rate limiter ---------------------------------------------------------------------
-    def _consume(self, nbytes: int) -> bool:
-        return consume_op(self.limiter, nbytes)
-
-    def _set_limiter(self, limiter) -> None:
-        if limiter is not None:
-            limiter.set_wakeup(self._wakeup)
-        self.limiter = limiter
-
-    def _wakeup(self) -> None:
-        """The limiter unblocked (event-loop thread)."""
-        if self.queues and not self._broken:
-            self.resume_queue(0)
-
-    def update_rate_limiter(self, config, which: str | None = None) -> None:
-        """Adjust or add the limiter on a running VM (Firecracker's PATCH /entropy)."""
-        if which is not None:
-            raise ConfigError(f"entropy: the device has one rate limiter, not {which!r}")
-        parsed = parse_limiter_config(config, "entropy.rate_limiter")
-        if self.limiter is not None:
-            self.limiter.update(config)
-        elif parsed and self._limiter_builder is not None:
-            self._set_limiter(self._limiter_builder(config))
-        if self._loop is not None:   # requests parked behind the old limits: retry
-            self._loop.call_soon(self._wakeup)
-        else:
-            self._wakeup()
+    # -- rate limiter (OneLimiter) ------------------------------------------------------
+    def _resumable(self) -> bool:
+        return bool(self.queues) and not self._broken
