@@ -1,6 +1,6 @@
 """The guest half of a vsock device, in process: for tests and benchmarks only.
 
-A virtio driver (nodesvc.vmm.virtio.driver) plus just enough of Linux's vsock
+A virtio driver (nodesvc.testing.GuestDriver) plus just enough of Linux's vsock
 transport on top — handshakes, credit accounting, SHUTDOWN/RST — to drive the
 device exactly as a guest would, through real rings in real guest memory. All of
 its state lives on the event-loop thread (the device's thread, as interrupts
