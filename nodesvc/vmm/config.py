@@ -4,8 +4,11 @@ Key names, types and defaults follow Firecracker's `VmmConfig` (src/vmm/src/reso
 and vmm_config/*.rs). Everything is checked here, before any KVM state exists; every
 failure is a `ConfigError` with one line that starts with the offending key path.
 Deliberate differences: unknown top-level keys are refused (Firecracker ignores them),
-`drives` may be omitted (we can boot from an initrd), and sections this version does
-not implement yet are refused instead of being silently ignored.
+`drives` may be omitted (we can boot from an initrd), and features this version does
+not implement are refused instead of being silently ignored. Every key of Firecracker
+1.16's schema is accepted while it holds its "absent" value (null, [], false, "None"),
+as Firecracker's own tooling writes them (e.g. `drives[].socket: null`); anything else
+in a feature we lack is one line naming the key and saying it is not supported.
 """
 
 from __future__ import annotations
@@ -92,6 +95,20 @@ def _want(path: str, v: Any, kind: str, *, nullable: bool = False) -> None:
                           f"{' or null' if nullable else ''}, got {_show(v)}")
 
 
+def is_absent(v: Any) -> bool:
+    """Firecracker's "not asked for": null, [], false, "None", or an object of such values."""
+    if isinstance(v, dict):
+        return all(is_absent(x) for x in v.values())
+    return v is None or v is False or v == [] or v == "None"
+
+
+def refuse_present(path: str, v: Any, feature: str) -> None:
+    """The one-line refusal for a value that asks for a feature this version lacks."""
+    if not is_absent(v):
+        raise _fail(path, f"{feature} is not supported by this version (got {_show(v)}; "
+                          "only an absent value is accepted)")
+
+
 def _check_keys(path: str, obj: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()):
     if not isinstance(obj, dict):
         raise _fail(path, f"must be an object, got {_show(obj)}")
@@ -109,7 +126,24 @@ def _check_keys(path: str, obj: Any, allowed: tuple[str, ...], required: tuple[s
 
 _BOOT_KEYS = ("kernel_image_path", "initrd_path", "boot_args")
 _MACHINE_KEYS = ("vcpu_count", "mem_size_mib", "smt", "cpu_template",
-                 "track_dirty_pages", "huge_pages")
+                 "track_dirty_pages", "huge_pages", "gdb_socket_path")
+# Keys of Firecracker 1.16 sections whose features this version lacks: each is accepted
+# only while it holds its absent value (see is_absent).
+ABSENT_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "balloon": ("a balloon device", ("amount_mib", "deflate_on_oom", "stats_polling_interval_s",
+                                     "free_page_hinting", "free_page_reporting")),
+    "logger": ("Firecracker's logger (nodesvc-vmm logs to stderr)",
+               ("log_path", "level", "show_level", "show_log_origin", "module")),
+    "metrics": ("Firecracker's metrics file", ("metrics_path",)),
+    "cpu-config": ("a custom CPU template", ("kvm_capabilities", "cpuid_modifiers",
+                                            "msr_modifiers", "reg_modifiers", "vcpu_features")),
+    "memory-hotplug": ("memory hot-plug", ("total_size_mib", "block_size_mib", "slot_size_mib")),
+}
+# machine-config keys whose non-default values we lack (we'd otherwise ignore them silently).
+_MACHINE_ABSENT_ONLY = {"smt": "smt (2 threads per core)",
+                        "track_dirty_pages": "dirty page tracking (diff snapshots)",
+                        "huge_pages": "hugetlbfs-backed guest memory",
+                        "gdb_socket_path": "the GDB stub"}
 
 
 def _boot_source(key: str, v: Any, out: dict) -> None:
@@ -125,12 +159,26 @@ def _machine_config(key: str, v: Any, out: dict) -> None:
     v = dict(v)
     if v.get("cpu_template") == "None":
         v["cpu_template"] = None
+    refuse_present(f"{key}.gdb_socket_path", v.pop("gdb_socket_path", None),
+                   _MACHINE_ABSENT_ONLY["gdb_socket_path"])
     out["machine_config"] = MachineConfig(**v)
 
 
 def _unsupported(key: str, v: Any, out: dict) -> None:
     if v is not None:
         raise _fail(key, "section is not supported by this version yet")
+
+
+def _absent_only(key: str, v: Any, out: dict) -> None:
+    """A section of a feature we lack: null, or an object of known keys all absent."""
+    if v is None:
+        return
+    feature, keys = ABSENT_ONLY[key]
+    if key == "cpu-config" and isinstance(v, str):    # Firecracker: a path to a template
+        raise _fail(key, f"{feature} is not supported by this version (got a path)")
+    _check_keys(key, v, keys)
+    for k, x in v.items():
+        refuse_present(f"{key}.{k}", x, feature)
 
 
 def _unsupported_list(key: str, v: Any, out: dict) -> None:
@@ -171,12 +219,12 @@ SECTIONS: dict[str, Callable[[str, Any, dict], None]] = {
     "pmem": _unsupported_list,
     "vsock": _device("vsock"),
     "entropy": _device("virtio-rng"),
-    "balloon": _unsupported,
-    "logger": _unsupported,
-    "metrics": _unsupported,
+    "balloon": _absent_only,
+    "logger": _absent_only,
+    "metrics": _absent_only,
     "mmds-config": _unsupported,
-    "cpu-config": _unsupported,
-    "memory-hotplug": _unsupported,
+    "cpu-config": _absent_only,
+    "memory-hotplug": _absent_only,
 }
 
 
@@ -184,7 +232,8 @@ SECTIONS: dict[str, Callable[[str, Any, dict], None]] = {
 
 def is_implemented(section: str) -> bool:
     """Whether this version accepts a non-empty value for a Firecracker config section."""
-    return section in SECTIONS and SECTIONS[section] not in (_unsupported, _unsupported_list)
+    return section in SECTIONS and SECTIONS[section] not in (_unsupported, _unsupported_list,
+                                                             _absent_only)
 
 
 def parse_config(obj: Any, *, host_mem_bytes: int | None = None) -> VmConfig:
@@ -278,6 +327,8 @@ def validate(cfg: VmConfig, *, host_mem_bytes: int | None = None) -> None:
     if m.cpu_template not in (None, *SUPPORTED_CPU_TEMPLATES):
         raise _fail(p + "cpu_template",
                     f"{m.cpu_template!r} is not supported by this version yet (use \"None\")")
+    for key in ("smt", "track_dirty_pages", "huge_pages"):
+        refuse_present(p + key, getattr(m, key), _MACHINE_ABSENT_ONLY[key])
     _check_mem(p + "mem_size_mib", m, host_mem_bytes)
 
     p = "boot-source."
@@ -304,8 +355,6 @@ def _check_mem(path: str, m: MachineConfig, host_mem_bytes: int | None) -> None:
     host = host_mem_bytes if host_mem_bytes is not None else host_mem_total()
     if host is not None and mib * (1 << 20) > host:
         raise _fail(path, f"{mib} MiB exceeds host memory ({host >> 20} MiB MemTotal)")
-    if m.huge_pages == "2M" and mib % 2:
-        raise _fail(path, f"must be a multiple of 2 with huge_pages \"2M\", got {mib}")
 
 
 def _check_cmdline(path: str, args: str) -> None:

@@ -141,9 +141,9 @@ def host(rig, sector, n):
     ({"path_on_host": "/nonexistent/x"}, "path_on_host: cannot use"),
     ({"path_on_host": "/"}, "is not a regular file or block device"),
     ({"cache_type": "WriteThrough"}, "cache_type: must be one of Unsafe, Writeback"),
-    ({"io_engine": "Async"}, "io_engine: must be one of Sync"),
+    ({"io_engine": "Uring"}, "io_engine: must be one of Sync"),
     ({"partuuid": "abc rw init=/bin/sh"}, "partuuid: not a partition UUID"),
-    ({"socket": "/tmp/s"}, "drives[d1].socket: unknown key"),
+    ({"socket": "/tmp/s"}, "drives[d1].socket: a vhost-user block device is not supported"),
     ({"rate_limiter": {"ops": {"size": -1, "refill_time": 1}}}, "drives[d1].rate_limiter.ops.size"),
 ])
 def test_validate_refuses_with_one_line(tmp_path, patch, message):

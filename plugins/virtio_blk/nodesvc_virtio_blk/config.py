@@ -2,7 +2,7 @@
 
     {"drive_id": "rootfs", "path_on_host": "/img/rootfs.ext4", "is_root_device": true,
      "is_read_only": false, "partuuid": null, "cache_type": "Unsafe", "io_engine": "Sync",
-     "rate_limiter": {...}}
+     "rate_limiter": {...}, "socket": null}
 
 Every failure is a one-line ConfigError starting with `drives[<drive_id>].<key>`.
 Checks that need all drives at once (one root device, unique ids) cannot run here:
@@ -18,11 +18,12 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from nodesvc.vmm.config import refuse_present
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import parse_limiter_config
 
 KEYS = ("drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid",
-        "cache_type", "io_engine", "rate_limiter")
+        "cache_type", "io_engine", "rate_limiter", "socket")
 CACHE_TYPES = ("Unsafe", "Writeback")
 IO_ENGINES = ("Sync",)          # Firecracker's "Async" (io_uring) is not implemented
 MAX_ID_LEN = 64                 # Firecracker's checked_id limit
@@ -85,6 +86,10 @@ def parse_drive(config: Mapping[str, Any]) -> DriveConfig:
     for key in config:
         if key not in KEYS:
             raise ConfigError(f"{p}.{key}: unknown key; allowed: {', '.join(KEYS)}")
+    # vhost-user-blk (Firecracker 1.16's `socket`): accepted only as null
+    refuse_present(f"{p}.socket", config.get("socket"), "a vhost-user block device")
+    if config.get("io_engine") == "Async":
+        refuse_present(f"{p}.io_engine", "Async", "the io_uring engine")
     if "is_root_device" not in config:
         raise ConfigError(f"{p}.is_root_device: required key is missing")
     root = _bool(f"{p}.is_root_device", config["is_root_device"])
