@@ -64,18 +64,7 @@ def _missing() -> str | None:
         return "not root (network namespaces and TAP creation need it)"
     if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
         return "/dev/net/tun is not usable"
-    if not _have_mkfs_ext4():
-        return "mkfs.ext4 (e2fsprogs) is missing and could not be installed"
     return None
-
-
-def _have_mkfs_ext4() -> bool:
-    if shutil.which("mkfs.ext4"):
-        return True
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "e2fsprogs"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    return bool(shutil.which("mkfs.ext4"))
 
 
 @dataclass
@@ -141,6 +130,9 @@ def agent_boot(agent_kernel, tmp_path_factory):
     missing = _missing()
     if missing:
         pytest.skip(missing)
+    if not shutil.which("mkfs.ext4"):   # a set-up step, never installed by a test
+        pytest.fail("mkfs.ext4 (e2fsprogs) is missing: run `make sysdeps` "
+                    "(scripts/install-sysdeps, as root)")
     kernel, initramfs = agent_kernel
     d = tmp_path_factory.mktemp("agent")
     files = {"data": d / "data.img", "scratch": d / "scratch.img", "ext4": d / "ext4.img",
@@ -228,7 +220,6 @@ def test_agent_ran_every_check_and_reset_the_vm(agent_boot):
     assert text.index("AGENT DONE") > max(text.index(f"AGENT {c} ") for c in CHECKS.split(","))
     assert "Run /init" not in text    # the agent restarts the VM before user space
     assert agent_boot.exit.reason is ExitReason.GUEST_RESET, agent_boot.exit
-    assert agent_boot.elapsed < BOOT_BUDGET
 
 
 def test_blk_read_checksum_matches_the_host_file(agent_boot):

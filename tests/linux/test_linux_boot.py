@@ -57,7 +57,7 @@ def test_serial_console_and_i8042_probe(linux_boot):
 def test_reaches_init_and_resets_cleanly(linux_boot):
     _, text, result, elapsed = linux_boot
     assert "Run /init as init process" in text
-    # Guest user space cannot run on nested-PVM hosts: init dies, panic=1 reboots through
-    # the i8042, and the VMM ends with a clean guest reset well within the budget.
-    assert result.reason in (ExitReason.GUEST_RESET, ExitReason.GUEST_SHUTDOWN), result
-    assert elapsed < BOOT_BUDGET
+    # Either /init runs and resets with `reboot -f`, or (nested-PVM hosts, where guest user
+    # space cannot run) init dies and panic=1 reboots: both reset through the i8042
+    # (reboot=k). A run past BOOT_BUDGET is stopped, which is a different reason.
+    assert result.reason is ExitReason.GUEST_RESET, result
