@@ -202,6 +202,30 @@ class VsockBench:
         self.rig.close()
 
 
+def connect_timeout(sockdir: str, runs: int = 3) -> tuple[float, float]:
+    """Seconds from a host's half `CONNECT` line to the muxer closing it; and the nominal
+    figure (connect timeout + one housekeeping tick) it should be near."""
+    from nodesvc_vsock.guest import Rig
+    rig = Rig(os.path.join(sockdir, "timeout.sock"), mem_mib=16, record=False)
+    took = []
+    try:
+        for _ in range(runs):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as h:
+                h.settimeout(30)
+                h.connect(rig.uds_path)
+                h.sendall(b"CONNE")
+                t0 = time.perf_counter()
+                try:
+                    h.recv(1)
+                except ConnectionResetError:
+                    pass
+                took.append(time.perf_counter() - t0)
+        mux = rig.device.muxer
+        return statistics.median(took), mux.connect_timeout + mux._tick_ns / 1e9
+    finally:
+        rig.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -244,6 +268,9 @@ def main(argv=None) -> int:
             dc, sc = (statistics.median(r[1] for r in runs) for runs in (dev, base))
             print(f"{label:42}{dw:>8.0f}{sw:>8.0f}{dw / sw:>7.2f}  |{dc:>8.0f}{sc:>8.0f}"
                   f"{dc / sc:>7.2f}")
+        took, nominal = connect_timeout(sockdir)
+        print(f"silent host (half a CONNECT line) closed after {took:.2f} s, median of 3 "
+              f"(nominal: timeout + one tick = {nominal:.2f} s)")
     finally:
         for b in benches.values():
             b.close()

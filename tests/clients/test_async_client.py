@@ -2,7 +2,6 @@
 stream, bidirectional stream), happy path and errors. Each test runs its own event loop."""
 
 import asyncio
-import time
 
 import grpc
 import pytest
@@ -110,9 +109,8 @@ def test_lifecycle_console_logs_and_watch(target, guest):
             assert entry.HasField("log") and entry.log.fields["vm_id"] == "a-echo"
         assert (await node.pause_vm("a-echo")).state == ST.VM_STATE_PAUSED
         assert (await node.resume_vm("a-echo")).state == ST.VM_STATE_RUNNING
-        t0 = time.monotonic()
         vm = await node.stop_vm("a-echo", grace=0.2)
-        assert vm.state == ST.VM_STATE_STOPPED and time.monotonic() - t0 < 5
+        assert vm.state == ST.VM_STATE_STOPPED
         await node.delete_vm("a-echo")
         seen = []
         async for ev in events:

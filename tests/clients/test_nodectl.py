@@ -1,7 +1,6 @@
 """nodectl subcommands, run in-process through main([...]) against a real node service."""
 
 import json
-import time
 
 import pytest
 import yaml
@@ -136,7 +135,5 @@ def test_rm_force_stops_first(ctl, tmp_path, guest):
     ctl("create", "-f", write_spec(tmp_path, spec_dict(guest("echo"))), "--id", "c-rmf",
         "--start")
     assert ctl("rm", "c-rmf")[2].startswith("nodectl: FAILED_PRECONDITION: ")
-    t0 = time.monotonic()
     assert ctl("rm", "-f", "c-rmf") == (0, "c-rmf: deleted\n", "")
-    assert time.monotonic() - t0 < 10
     assert ctl("get", "c-rmf")[0] == 1

@@ -50,12 +50,10 @@ def test_create_start_console_stop_delete(stub, shared_server, guest):
     attach.cancel()
 
     # The echo guest ignores Ctrl-Alt-Del: the stop is forced after the grace period.
-    t0 = time.monotonic()
     vm = stub.StopVm(pb.StopVmRequest(vm_id="e2e", grace_period=Duration(nanos=300_000_000)),
                      timeout=15).vm
     assert vm.state == ST.VM_STATE_STOPPED and vm.vmm_pid == 0, vm.reason
-    assert "by force after a 0.3s grace period" in vm.reason
-    assert time.monotonic() - t0 < 5
+    assert "by force after a 0.3s grace period" in vm.reason    # its wall time: bench/lifecycle.py
     assert not os.path.exists(run_dir)
     list(console)       # the stream ends with the VMM (else DEADLINE_EXCEEDED)
     stub.DeleteVm(pb.DeleteVmRequest(vm_id="e2e"))
@@ -227,9 +225,8 @@ def test_live_drive_and_rate_limiter_updates(stub, guest, tmp_path):
 def test_stop_grace_period_is_capped_by_the_rpc_deadline(stub, guest):
     stub.CreateVm(pb.CreateVmRequest(vm_id="hurried", spec=vm_spec(guest("echo")), start=True),
                   timeout=30)
-    t0 = time.monotonic()
+    # the reply arriving at all proves the cap: past its 3 s deadline the RPC would fail
     vm = stub.StopVm(pb.StopVmRequest(vm_id="hurried", grace_period=Duration(seconds=60)),
                      timeout=3).vm
-    assert time.monotonic() - t0 < 3
     assert vm.state == ST.VM_STATE_STOPPED and "by force after a" in vm.reason, vm.reason
     stub.DeleteVm(pb.DeleteVmRequest(vm_id="hurried"))

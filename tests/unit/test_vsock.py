@@ -159,9 +159,8 @@ def test_silent_host_times_out(rig):
     h = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     h.connect(rig.uds_path)
     h.sendall(b"CONNE")  # half a line, then nothing
-    t0 = time.monotonic()
-    assert_closed(h)
-    assert 0.5 < time.monotonic() - t0 < 3.0
+    assert_closed(h)    # how long the 2 s connect-line timeout takes: bench/vsock.py
+    assert rig.device.muxer.stats["connect_timeouts"] == 1 and not rig.device.muxer.conns
 
 
 def test_guest_that_never_answers_times_out(rig):
