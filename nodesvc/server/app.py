@@ -38,6 +38,7 @@ class ServeOptions:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     insecure_tcp: bool = False
+    metrics_listen: str | None = None   # HOST:PORT for Prometheus /metrics; None: off
     shutdown_grace_s: float = 1.0
 
     def check(self) -> None:
@@ -50,6 +51,12 @@ class ServeOptions:
                              "--tls-key and --tls-client-ca, or --insecure-tcp")
         if any(tls) and not self.listen:
             raise UsageError("TLS options need --listen HOST:PORT")
+        if self.metrics_listen:
+            from .metrics import parse_listen
+            try:
+                parse_listen(self.metrics_listen)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
 
 
 def _read(path: str) -> bytes:
@@ -93,13 +100,14 @@ def add_listeners(server, opts: ServeOptions, socket_path: str) -> list[str]:
     return where
 
 
-def interceptors(tracing) -> list:
-    """Tracing (outermost, so it sees the status the error mapping sets) only when on:
-    off, an RPC pays nothing for it."""
+def interceptors(tracing, metrics=None) -> list:
+    """Metrics and tracing (outside, so they see the status the error mapping sets) only
+    when on: off, an RPC pays nothing for them."""
+    outer = [metrics.interceptor()] if metrics is not None else []
     if tracing is None:
-        return [DomainErrorInterceptor()]
+        return [*outer, DomainErrorInterceptor()]
     from .tracing import TracingInterceptor
-    return [TracingInterceptor(tracing), DomainErrorInterceptor()]
+    return [*outer, TracingInterceptor(tracing), DomainErrorInterceptor()]
 
 
 async def serve(cfg: NodeConfig, opts: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
@@ -108,15 +116,22 @@ async def serve(cfg: NodeConfig, opts: ServeOptions, *, stop: asyncio.Event | No
     lock_fd = lock_state_dir(cfg.state_dir)
     socket_path = os.path.abspath(opts.socket or os.path.join(cfg.state_dir, "nodesvc.sock"))
     node = Node(cfg)
+    metrics = None
     try:
         await node.open()
-        server = grpc.aio.server(interceptors=interceptors(cfg.tracing))
+        if opts.metrics_listen:
+            from .metrics import NodeMetrics, parse_listen
+            metrics = NodeMetrics(node)
+        server = grpc.aio.server(interceptors=interceptors(cfg.tracing, metrics))
         pb_grpc.add_NodeServiceServicer_to_server(NodeServicer(node), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         where = add_listeners(server, opts, socket_path)
+        if metrics is not None:
+            host, port = parse_listen(opts.metrics_listen)
+            where.append(f"metrics http://{host}:{await metrics.start(host, port)}/metrics")
         await server.start()
         os.chmod(socket_path, 0o600)    # the socket's permissions are its access control
         for name in ("", SERVICE_NAME):
@@ -132,6 +147,8 @@ async def serve(cfg: NodeConfig, opts: ServeOptions, *, stop: asyncio.Event | No
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(opts.shutdown_grace_s)
     finally:
+        if metrics is not None:
+            metrics.close()
         await node.close()
         if os.path.exists(socket_path):
             os.unlink(socket_path)

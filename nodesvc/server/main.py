@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-client-ca", help="CA (PEM) that client certificates must chain to")
     s.add_argument("--insecure-tcp", action="store_true",
                    help="allow --listen without TLS (plaintext; for trusted networks only)")
+    s.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     c = s.add_argument_group("capacity")
     c.add_argument("--memory-mib", type=int, help="host memory to plan with (default MemTotal)")
     c.add_argument("--reserve-mib", type=int, default=256,
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracing=tracer)
     opts = ServeOptions(socket=args.socket, listen=args.listen, tls_cert=args.tls_cert,
                         tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                        insecure_tcp=args.insecure_tcp)
+                        insecure_tcp=args.insecure_tcp, metrics_listen=args.metrics_listen)
     try:
         asyncio.run(serve(cfg, opts))
     except UsageError as e:
