@@ -85,6 +85,8 @@ class Jail:
     ro_binds: tuple[str, ...] = ()      # host paths visible read-only inside (exec mode)
     seccomp: bool = True                # arm the SIGSYS reporter, load the "vmm" filter
     import_guard: bool = True
+    #: set in the jailed process: its pid in the node's pid namespace (it is 1 in its own)
+    host_pid: int | None = field(default=None, init=False)
 
     # -- where things are ----------------------------------------------------------------
     @property
@@ -227,9 +229,14 @@ class Jail:
                 signal.signal(s, _forward)
         # The relay holds `alive_w` (never written); EOF on `alive_r` means it is gone.
         alive_r, alive_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)   # the child learns its pid outside
         pid = os.fork()
         if pid == 0:        # pid 1 of the new namespace: the VMM
             os.close(alive_w)
+            os.close(pid_w)
+            with os.fdopen(pid_r, "rb") as f:
+                self.host_pid = int(f.read() or 0) or None
+            os.setsid()     # the VMM leads its own session: no group signal reaches it
             for s in RELAYED_SIGNALS:
                 signal.signal(s, signal.SIG_DFL)
             if relay:
@@ -242,6 +249,9 @@ class Jail:
             os.close(alive_r)
             return
         os.close(alive_r)
+        os.close(pid_r)
+        os.write(pid_w, str(pid).encode())
+        os.close(pid_w)
         if not relay:
             if self.pid_fd is not None:
                 os.write(self.pid_fd, f"{pid}\n".encode())

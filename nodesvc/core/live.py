@@ -22,13 +22,14 @@ S = VmState
 
 
 class LiveOps:
-    async def _live_change(self, e, action: actions.Action, what: str) -> None:
+    async def _live_change(self, e, action: actions.Action, what: str,
+                           files: dict | None = None) -> None:
         if e.rec.state not in ACTIVE:
             return
         if e.handle is not None and not e.handle.supports(type(action)):
             raise Unsupported(f"{what} on a running VM is not supported by this VMM yet; "
                               f"stop VM {e.rec.id} first (the change applies at the next start)")
-        await self._vmm_op(e, action)
+        await self._vmm_op(e, action, files)
 
     async def update_drive(self, vm_id: str, drive_id: str, path_on_host: str):
         e = self.entry(vm_id)
@@ -38,7 +39,21 @@ class LiveOps:
                 have = ", ".join(sorted(drives)) or "none"
                 raise NotFound(f"VM {vm_id} has no drive {drive_id!r} (drives: {have})")
             path = _host_path(path_on_host)
-            await self._live_change(e, actions.UpdateDrive(drive_id, path), "drive update")
+            files = {}
+            if self.launcher.jailed and e.rec.state in ACTIVE:  # the jail opens nothing itself
+                ro = bool(drives[drive_id].get("is_read_only"))
+                try:
+                    files[path] = os.open(path, (os.O_RDONLY if ro else os.O_RDWR)
+                                          | os.O_CLOEXEC)
+                except OSError as err:
+                    raise InvalidSpec("path_on_host", f"cannot open {path!r}: "
+                                                      f"{err.strerror}") from None
+            try:
+                await self._live_change(e, actions.UpdateDrive(drive_id, path), "drive update",
+                                        files)
+            finally:
+                for fd in files.values():
+                    os.close(fd)
             drives[drive_id]["path_on_host"] = path
             self._commit(e, UPDATED, e.rec.state)
             return e.rec

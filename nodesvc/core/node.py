@@ -27,8 +27,9 @@ from .fanout import Fanout, byte_fanout, record_fanout
 from .live import LiveOps
 from .model import ACTIVE, DELETABLE, STARTABLE, TRANSITIONS, VmmInfo, VmRecord, VmState
 from .store import Store
+from .launcher import ExecLauncher, JailConfig, ZygoteLauncher
 from .supervisor import (ExitInfo, RunPaths, VmmHandle, process_start_time, read_json,
-                         spawn_vmm, vmm_command)
+                         spawn_vmm)
 
 log = logging.getLogger("nodesvc.core")
 S = VmState
@@ -45,11 +46,16 @@ class NodeConfig:
     default_grace_s: float = 10.0
     vmm_metrics_interval_s: float = 10.0
     vmm_log_level: str = "info"
-    # How a VMM is launched: command(vm_id, paths) -> argv, then spawn(argv, ...) -> Popen.
-    # The jailer slots in by wrapping the command (and/or replacing spawn).
+    # Every VMM runs jailed (nodesvc/core/launcher.py); None: <state_dir>/jail.
+    jail: JailConfig | None = None
+    #: developers only: VMMs as plain children (root, host namespaces, no seccomp)
+    no_jail: bool = False
+    # Unjailed only: command(vm_id, paths) -> argv, then spawn(argv, ...) -> Popen.
     command: Callable[..., list[str]] | None = None
     spawn: Callable[..., object] = spawn_vmm
     tracing: tr.Tracing | None = None    # None: tracing off (and free)
+    #: start_gate(record) -> None, or why this VM may not start now (the fleet's fence)
+    start_gate: Callable[[VmRecord], str | None] | None = None
 
 
 class VmEntry:
@@ -89,6 +95,17 @@ class Node(LiveOps):
         self.vms: dict[str, VmEntry] = {}
         self.events = EventLog(history=cfg.event_history)
         self.started_at = time.time()
+        if cfg.command is not None and not cfg.no_jail:
+            raise ValueError("NodeConfig.command replaces the VMM: only with no_jail=True")
+        if cfg.no_jail:
+            self.launcher = ExecLauncher(self.store, metrics_interval=cfg.vmm_metrics_interval_s,
+                                         log_level=cfg.vmm_log_level, command=cfg.command,
+                                         spawn=cfg.spawn)
+        else:
+            jail = cfg.jail or JailConfig(os.path.join(cfg.state_dir, "jail"))
+            self.launcher = ZygoteLauncher(cfg.state_dir, jail,
+                                           metrics_interval=cfg.vmm_metrics_interval_s,
+                                           log_level=cfg.vmm_log_level)
 
     # -- open / close -------------------------------------------------------------------------
     async def open(self) -> None:
@@ -100,17 +117,19 @@ class Node(LiveOps):
         the VMM's own exit reason if it left one in exit.json — and its run dir is removed.
         No VM is lost (every record is loaded) or duplicated (a VM gets a new VMM only
         through StartVm)."""
+        await self.launcher.open()
         records = self.store.load_all()
         self.events.revision = self.events.oldest_missing = max(
             [self.store.load_revision(), *(r.revision for r in records)])
         for rec in records:
             self.vms[rec.id] = VmEntry(rec, self.cfg)
         await asyncio.gather(*(self._recover(e) for e in self.vms.values()))
+        self.launcher.sweep({i for i, e in self.vms.items() if e.handle is not None})
         self.store.save_revision(self.events.revision)
 
     async def _recover(self, e: VmEntry) -> None:
         rec = e.rec
-        paths = RunPaths(self.store.run_dir(rec.id))
+        paths = RunPaths(rec.vmm.run_dir) if rec.vmm else self.launcher.paths(rec.id)
         if rec.state not in ACTIVE:
             paths.remove()      # leftovers of a run that ended while we wrote its record
             return
@@ -126,13 +145,15 @@ class Node(LiveOps):
             else:
                 reason, state = VANISHED, S.FAILED
             paths.remove()
+            reason = self.launcher.gone(rec.id) or reason
             e.rec.vmm = None
             if e.rec.state is S.STARTING and state is S.STOPPED:
                 self._set_state(e, S.RUNNING)
             self._set_state(e, state, reason)
             return
         h = VmmHandle(rec.id, paths, info.pid, console=e.console, logs=e.logs,
-                      on_exit=self._on_vmm_exit, tracing=self.cfg.tracing)
+                      on_exit=self._on_vmm_exit, tracing=self.cfg.tracing,
+                      on_gone=functools.partial(self.launcher.gone, rec.id))
         e.handle = h
         h.watch()
         if not await h.connect(timeout=3.0):
@@ -163,6 +184,7 @@ class Node(LiveOps):
         for e in self.vms.values():
             if e.handle is not None:
                 e.handle.detach()
+        self.launcher.close()
         self.store.save_revision(self.events.revision)
 
     # -- state machine ------------------------------------------------------------------------
@@ -221,11 +243,14 @@ class Node(LiveOps):
                 raise WrongState(f"cannot start VM {vm_id}: {err}") from None
             m = e.rec.spec["machine"]
             self.cfg.capacity.check(vm_id, m["memory_mib"], m["vcpus"], *self._allocated())
-            paths = RunPaths(self.store.run_dir(vm_id))
-            paths.prepare(specs.to_firecracker(e.rec.spec))
+            if self.cfg.start_gate is not None and (why := self.cfg.start_gate(e.rec)):
+                raise WrongState(f"cannot start VM {vm_id}: {why}")
+            paths = self.launcher.paths(vm_id)
+            fc = specs.to_firecracker(e.rec.spec)
+            self.launcher.prepare(vm_id, paths, fc)
             e.fresh_streams()
             with tr.vmm_start(self.cfg.tracing, vm_id) as trace:
-                h = self._spawn(e, paths, trace)
+                h = await self._spawn(e, paths, fc, trace)
                 why = "VMM process did not answer on its control socket"
                 if await h.connect():
                     try:
@@ -247,24 +272,22 @@ class Node(LiveOps):
                 info = await h.done
                 raise WrongState(f"VM {vm_id} failed to start: {info.reason}")
 
-    def _spawn(self, e: VmEntry, paths: RunPaths, trace) -> VmmHandle:
-        command = self.cfg.command or functools.partial(
-            vmm_command, metrics_interval=self.cfg.vmm_metrics_interval_s,
-            log_level=self.cfg.vmm_log_level)
+    async def _spawn(self, e: VmEntry, paths: RunPaths, fc: dict, trace) -> VmmHandle:
         trace.before_spawn()
         try:
-            popen = self.cfg.spawn(command(e.rec.id, paths), stderr_path=paths.stderr,
-                                   cwd=paths.run_dir)
+            pid, popen = await self.launcher.launch(e.rec.id, paths, fc)
         except OSError as err:
             paths.remove()
+            self.launcher.gone(e.rec.id)
             raise WrongState(f"cannot start VM {e.rec.id}: spawning its VMM failed: "
                              f"{err}") from None
-        trace.spawned(popen.pid)
-        h = VmmHandle(e.rec.id, paths, popen.pid, console=e.console, logs=e.logs,
-                      on_exit=self._on_vmm_exit, popen=popen, tracing=self.cfg.tracing)
+        trace.spawned(pid)
+        h = VmmHandle(e.rec.id, paths, pid, console=e.console, logs=e.logs,
+                      on_exit=self._on_vmm_exit, popen=popen, tracing=self.cfg.tracing,
+                      on_gone=functools.partial(self.launcher.gone, e.rec.id))
         h.watch()
         e.handle = h
-        e.rec.vmm = VmmInfo(popen.pid, h.start_time, paths.run_dir)
+        e.rec.vmm = VmmInfo(pid, h.start_time, paths.run_dir)
         e.rec.start_count += 1
         self._set_state(e, S.STARTING)
         return h
@@ -317,13 +340,14 @@ class Node(LiveOps):
                 await h.done
             return e.rec
 
-    async def _vmm_op(self, e: VmEntry, action: actions.Action):
+    async def _vmm_op(self, e: VmEntry, action: actions.Action, files: dict | None = None):
         """Run `action` in the VM's VMM; its typed result. VMM errors become domain errors
-        (an internal one stays an internal error: it is a bug, not the caller's mistake)."""
+        (an internal one stays an internal error: it is a bug, not the caller's mistake).
+        `files`: {host path: open fd} handed over with it (a jailed VMM opens nothing)."""
         if e.handle is None:
             raise WrongState(f"VM {e.rec.id} has no VMM process (it is {e.rec.state.value})")
         try:
-            return await e.handle.call(action)
+            return await e.handle.call(action, files=files)
         except actions.ActionError as err:
             msg = f"VM {e.rec.id}: {action.name} failed: {err}"
             if isinstance(err, actions.BadRequest):
@@ -361,7 +385,7 @@ class Node(LiveOps):
             self._need(e, DELETABLE, "delete")
             del self.vms[vm_id]
             self.store.delete(vm_id)
-            RunPaths(self.store.run_dir(vm_id)).remove()
+            self.launcher.paths(vm_id).remove()
             e.console.close()
             e.logs.close()
             prev = e.rec.state

@@ -112,8 +112,12 @@ class VmmHandle:
 
     def __init__(self, vm_id: str, paths: RunPaths, pid: int, *, console: Fanout,
                  logs: Fanout, on_exit: Callable[["VmmHandle", ExitInfo], None],
-                 popen: subprocess.Popen | None = None, tracing=None):
+                 popen: subprocess.Popen | None = None, tracing=None,
+                 on_gone: Callable[[], str | None] | None = None):
         self.vm_id, self.paths, self.pid, self.popen = vm_id, paths, pid, popen
+        # called once the process is gone: the jail's reason (a forbidden syscall), if any,
+        # after which the jail is removed
+        self.on_gone = on_gone
         self.tracing = tracing      # nodesvc.tracing.Tracing, for spans the VMM sends late
         self.boot_time: float | None = None     # seconds, when a boot-timer device fired
         self.console, self.logs, self.on_exit = console, logs, on_exit
@@ -175,14 +179,15 @@ class VmmHandle:
         return action.name in self.actions
 
     async def call(self, action: actions.Action, timeout: float = 10.0,
-                   trace: str | None = None):
-        """Run a typed action in the VMM; its typed result, or an `actions.ActionError`."""
+                   trace: str | None = None, files: dict | None = None):
+        """Run a typed action in the VMM; its typed result, or an `actions.ActionError`.
+        `files` ({key: fd}) travel with it as SCM_RIGHTS (the caller keeps its fds)."""
         if self.client is None or self.done.done():
             raise actions.Failed(f"the VMM process of {self.vm_id} is not reachable")
         if not self.supports(type(action)):
             raise actions.Unsupported(f"the VMM process of {self.vm_id} does not implement "
                                       f"{action.name}")
-        return await self.client.call(action, timeout=timeout, trace=trace)
+        return await self.client.call(action, timeout=timeout, trace=trace, files=files)
 
     def _on_event(self, msg: dict) -> None:
         if msg.get("event") == "exited":
@@ -223,8 +228,13 @@ class VmmHandle:
                 returncode = self.popen.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 pass
+        elif self.popen is None and self._pidfd is not None:
+            returncode = _reap(self._pidfd)
         self.fifos.drain()      # the last words are still in the pipes
         info = self._classify(returncode)
+        jail_reason = self.on_gone() if self.on_gone is not None else None
+        if jail_reason:
+            info = ExitInfo(True, jail_reason, info.ran)
         self._release()
         self.paths.remove()
         self.console.close()
@@ -273,6 +283,18 @@ class VmmHandle:
             self._release()
             self.console.close()
             self.logs.close()
+
+
+def _reap(pidfd: int) -> int | None:
+    """The exit status of a process that is our child without a Popen (a jailed VMM: the
+    node is their subreaper); None if it is not our child (re-adopted after a restart)."""
+    try:
+        res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except (ChildProcessError, OSError):
+        return None
+    if res is None:
+        return None
+    return -res.si_status if res.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else res.si_status
 
 
 def read_json(path: str) -> dict | None:

@@ -5,7 +5,10 @@ returns the action's result dataclass or raises its typed `ActionError`."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import os
+import socket
 import itertools
 from typing import Callable
 
@@ -39,7 +42,7 @@ class ControlClient:
         return msg
 
     async def call(self, action: actions.Action, timeout: float = 10.0,
-                   trace: str | None = None):
+                   trace: str | None = None, files: dict | None = None):
         """Run `action` in the VMM; its typed result. `trace`: W3C traceparent the VMM
         links its phase timings to."""
         async with self._lock:
@@ -49,7 +52,13 @@ class ControlClient:
             fut = asyncio.get_running_loop().create_future()
             self._pending[rid] = fut
             try:
-                self._writer.write(control.encode(actions.encode_request(action, rid, trace)))
+                req = actions.encode_request(action, rid, trace)
+                if files:
+                    req["files"] = list(files)
+                    await self._writer.drain()      # nothing queued: the fds go with this line
+                    self._send_with_fds(control.encode(req), list(files.values()))
+                else:
+                    self._writer.write(control.encode(req))
                 await self._writer.drain()
                 msg = await asyncio.wait_for(fut, timeout)
             except (OSError, asyncio.TimeoutError) as e:
@@ -60,6 +69,16 @@ class ControlClient:
         if not msg.get("ok"):
             raise actions.error(msg.get("kind"), msg.get("error", "failed"))
         return actions.decode_result(action, msg.get("result"))
+
+    def _send_with_fds(self, data: bytes, fds: list[int]) -> None:
+        raw = self._writer.get_extra_info("socket")
+        with socket.socket(fileno=os.dup(raw.fileno())) as s:   # the same socket
+            s.setblocking(True)
+            s.settimeout(5.0)
+            sent = s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       array.array("i", fds).tobytes())])
+            if sent < len(data):
+                s.sendall(data[sent:])
 
     async def _read_loop(self) -> None:
         try:

@@ -14,6 +14,7 @@ import fcntl
 import os
 import struct
 
+from ..vmm import hostfiles
 from .nsenter import run_in_netns
 
 # <linux/if_tun.h> ioctls (_IOW('T', nr, int)) and flags
@@ -75,14 +76,17 @@ class Tap:
             # EBUSY: another fd holds it (a TAP has one owner unless multi-queue);
             # EPERM: TUNSETOWNER gave it to another uid
             raise TapError(e.errno, f"TUNSETIFF {name}: {e.strerror}") from None
+        return tap._configure(vnet_hdr, offload)
+
+    def _configure(self, vnet_hdr: bool, offload: int) -> "Tap":
         try:
             if vnet_hdr:
-                tap.set_vnet_hdr_len(VNET_HDR_LEN)
-                tap.set_offload(offload)
+                self.set_vnet_hdr_len(VNET_HDR_LEN)
+                self.set_offload(offload)
         except OSError:
-            tap.close()
+            self.close()
             raise
-        return tap
+        return self
 
     def set_vnet_hdr_len(self, n: int) -> None:
         try:
@@ -119,6 +123,9 @@ class Tap:
 def open_tap(name: str, netns: str | None = None, *, vnet_hdr: bool = True,
              offload: int = 0) -> Tap:
     """Open TAP `name`, joining network namespace `netns` (name or path) for the ioctl."""
+    handed = hostfiles.take(hostfiles.tap_key(netns, name))
+    if handed is not None:     # jailed: the node attached it (TUNSETIFF) and handed it in
+        return Tap(handed, name, 0)._configure(vnet_hdr, offload)
     if netns is None:
         return Tap.open(name, vnet_hdr=vnet_hdr, offload=offload)
     return run_in_netns(netns, Tap.open, name, vnet_hdr=vnet_hdr, offload=offload)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -50,12 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--event-history", type=int, default=1000,
                    help="VM events kept for WatchVms resumption (default 1000)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    j = s.add_argument_group("jail (every VMM runs jailed unless --no-jail)")
+    j.add_argument("--jail-base", metavar="DIR",
+                   help="per-VM jail dirs (default: <state-dir>/jail)")
+    j.add_argument("--uid-range", metavar="FIRST-LAST", default="900000-999999",
+                   help="unprivileged uids/gids handed to VMMs, one per live VM")
+    j.add_argument("--no-jail", action="store_true",
+                   help="DEVELOPMENT ONLY: run VMMs as root in the host's namespaces, "
+                        "without seccomp")
     t = s.add_argument_group("tracing (OpenTelemetry; OTEL_* environment variables apply)")
     t.add_argument("--trace-exporter", choices=["none", "console", "otlp"],
                    help="where spans go (default: OTEL_TRACES_EXPORTER, else none)")
     t.add_argument("--otlp-endpoint", metavar="URL",
                    help="OTLP/gRPC collector, e.g. http://localhost:4317 (implies otlp; "
                         "default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+    from ..fleet.agent import add_arguments as fleet_arguments
+    fleet_arguments(s)      # --fleet-etcd, --node-name, --advertise (docs/fleet.md)
     return p
 
 
@@ -72,8 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except tracing.TracingError as e:
         print(f"nodesvc: error: {e}", file=sys.stderr)
         return 2
+    from ..core.launcher import JailConfig
+    try:
+        first, last = (int(x) for x in args.uid_range.split("-"))
+    except ValueError:
+        print(f"nodesvc: error: --uid-range: expected FIRST-LAST, got {args.uid_range!r}",
+              file=sys.stderr)
+        return 2
+    jail = JailConfig(args.jail_base or os.path.join(args.state_dir, "jail"), (first, last))
     cfg = NodeConfig(
-        state_dir=args.state_dir,
+        state_dir=args.state_dir, jail=jail, no_jail=args.no_jail,
         capacity=Capacity.detect(memory_mib=args.memory_mib, reserve_mib=args.reserve_mib,
                                  cpu_overcommit=args.cpu_overcommit),
         event_history=args.event_history, default_grace_s=args.default_grace,
@@ -82,8 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = ServeOptions(socket=args.socket, listen=args.listen, tls_cert=args.tls_cert,
                         tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                         insecure_tcp=args.insecure_tcp, metrics_listen=args.metrics_listen)
+    run = serve(cfg, opts)
+    if args.fleet_etcd:     # registration beside the server; etcd trouble never stops it
+        from ..fleet.agent import run_with
+        run.close()
+        run = run_with(serve, cfg, opts, args)
     try:
-        asyncio.run(serve(cfg, opts))
+        asyncio.run(run)
     except UsageError as e:
         print(f"nodesvc: error: {e}", file=sys.stderr)
         return 2

@@ -63,15 +63,19 @@ class Builder:
     def __init__(self, target, plugins):
         self.t, self.plugins = target, plugins
         self.plan: list[PlannedDevice] = []
+        self.done: list[str] = []
         self.initrd = None
         self.virtio_slots: list[VirtioSlot] = []
         self._boundary: ErrorBoundary | None = None    # of the device being attached
 
     def run(self, *steps: str) -> None:
-        """Run the named steps in order, each timed as a phase of the target."""
+        """Run the named steps in order (each once), each timed as a phase of the target."""
         for name in steps:
+            if name in self.done:
+                continue
             t0 = time.monotonic()
             getattr(self, STEP_METHODS[name])()
+            self.done.append(name)
             self.t._phase(name, t0)
 
     # -- machine creation (boot and restore) ----------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Iterator, NamedTuple
 
+from .capabilities import Closeable
 from .errors import ConfigError
 
 log = logging.getLogger("nodesvc.vmm.devices")
@@ -75,7 +76,6 @@ class DeviceManager:
     def close(self) -> None:
         """Close every device once, in reverse attach order. They stay listed (their
         figures remain readable after the VM ended)."""
-        from .capabilities import Closeable
         if self._closed:
             return
         self._closed = True

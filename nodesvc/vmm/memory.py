@@ -7,6 +7,7 @@ raw host offsets. Above 3 GiB of RAM the 32-bit MMIO gap splits memory in two.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 
@@ -125,8 +126,7 @@ class GuestMemory:
 
     def resident_bytes(self) -> int:
         """Bytes of guest memory actually backed by host pages (touched by the guest)."""
-        import mmap as _mmap
-        page = _mmap.PAGESIZE
+        page = mmap.PAGESIZE
         total = 0
         for ptr, length in self._maps:
             vec = ffi.new("unsigned char[]", (length + page - 1) // page)

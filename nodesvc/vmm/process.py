@@ -16,17 +16,19 @@ process writes `exit.json` (so a node service that was down still learns why), p
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import logging
 import os
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
 
 from . import actions as A
-from . import control, trace
+from . import control, hostfiles, trace
 from .capabilities import Console, Drive, PowerButton, RateLimited
 from .control import FifoWriter, JsonLogHandler
 from .errors import ConfigError
@@ -41,11 +43,19 @@ HEAVY_MODULES = ("grpc", "google.protobuf", "opentelemetry")
 class Client:
     def __init__(self, sock):
         self.sock, self.buf = sock, b""
+        self.fds: list[int] = []    # SCM_RIGHTS fds not yet claimed by a request's "files"
 
 
 class VmmProcess:
-    def __init__(self, args: argparse.Namespace, timeline: trace.Timeline | None = None):
+    """`plugins`, `thread_hooks` and `after_start` are the jail's (nodesvc.vmm.zygote): the
+    plugins loaded before the jail closed, the per-thread seccomp filters, and the main
+    thread's own filter, loaded once the VM's threads exist."""
+
+    def __init__(self, args: argparse.Namespace, timeline: trace.Timeline | None = None, *,
+                 plugins=None, thread_hooks: dict | None = None, after_start=None):
         self.args, self.vm_id = args, args.id
+        self.plugins, self.thread_hooks, self.after_start = plugins, thread_hooks, after_start
+        self.pid = os.getpid()      # in the node's pid namespace (a jail sets it: we are 1)
         self.timeline = timeline or trace.Timeline()
         self.traceparent: str | None = None     # W3C trace context of the `start` request
         self._boot: trace.BootWatch | None = None
@@ -90,6 +100,7 @@ class VmmProcess:
     # -- main loop --------------------------------------------------------------------
     def run(self, cfg) -> int:
         self.cfg = cfg
+        self.timeline.mark("ready")
         log.info("VMM process ready")
         interval = self.args.metrics_interval
         next_metrics = time.monotonic() + interval if interval > 0 else None
@@ -118,7 +129,7 @@ class VmmProcess:
         c = Client(sock)
         self.clients.append(c)
         self.sel.register(sock, selectors.EVENT_READ, c)
-        self._send(c, {"event": "hello", "vm_id": self.vm_id, "pid": os.getpid(),
+        self._send(c, {"event": "hello", "vm_id": self.vm_id, "pid": self.pid,
                        "state": self.state, "protocol": control.PROTOCOL,
                        "actions": A.names(self.handlers)})
 
@@ -136,16 +147,20 @@ class VmmProcess:
 
     def _readable(self, c: Client) -> None:
         try:
-            data = c.sock.recv(65536)
+            data, anc, _, _ = c.sock.recvmsg(65536, socket.CMSG_SPACE(16 * 4),
+                                             socket.MSG_CMSG_CLOEXEC)
         except OSError:
-            data = b""
+            data, anc = b"", []
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                c.fds.extend(array.array("i", raw[:len(raw) - len(raw) % 4]))
         if not data:
             self._drop(c)
             return
         c.buf += data
         while b"\n" in c.buf and c in self.clients:
             line, c.buf = c.buf.split(b"\n", 1)
-            self._send(c, self.handle_line(line))
+            self._send(c, self.handle_line(line, c))
         if len(c.buf) > control.MAX_LINE:
             self._drop(c)
 
@@ -163,7 +178,19 @@ class VmmProcess:
             self.exit_info = {}  # leave the loop; _finish fills in the details
 
     # -- requests ---------------------------------------------------------------------
-    def handle_line(self, line: bytes) -> dict:
+    def _take_files(self, req: dict, c: Client | None) -> None:
+        """The fds that came with a request become the host files it names ("files")."""
+        keys = req.get("files") or []
+        fds = c.fds[:len(keys)] if c is not None else []
+        if c is not None:
+            del c.fds[:len(keys)]
+        for key, fd in zip(keys, fds):
+            if hostfiles.jailed() and isinstance(key, str):
+                hostfiles.add(key, fd)
+            else:
+                os.close(fd)    # unjailed, the VMM opens by path
+
+    def handle_line(self, line: bytes, c: Client | None = None) -> dict:
         """One request line -> its response. Decoding checks the arguments before anything
         runs; an unexpected exception from a handler is the VMM's bug (internal), never the
         caller's (so a TypeError deep in a device is not "bad arguments")."""
@@ -172,6 +199,7 @@ class VmmProcess:
         except control.ProtocolError as e:
             return {"id": None, "ok": False, "error": str(e), "kind": A.BAD_REQUEST}
         rid = req.get("id")
+        self._take_files(req, c)
         try:
             action = A.decode_request(req)
             handler = self.handlers.get(type(action))
@@ -193,7 +221,7 @@ class VmmProcess:
 
     def status(self, a: A.Status) -> A.StatusResult:
         return A.StatusResult(
-            vm_id=self.vm_id, pid=os.getpid(), state=self.state, counters=self.counters(),
+            vm_id=self.vm_id, pid=self.pid, state=self.state, counters=self.counters(),
             stats=self.vm.stats() if self.vm is not None else None,
             timeline=self.timeline.spans(self.vm), trace_id=trace.trace_id(self.traceparent),
             heavy_modules=[m for m in HEAVY_MODULES if m in sys.modules])
@@ -203,11 +231,13 @@ class VmmProcess:
         self.timeline.mark("start_request")
         self.traceparent = self._req_trace
         self.log_handler.trace_id = trace.trace_id(self.traceparent)
-        from .vm import MicroVm     # only now: a VMM that never starts stays small
         self.timeline.mark("build_start")
-        self.vm = MicroVm(self.cfg, vm_id=self.vm_id, console_out=self.console)
+        if self.vm is None:
+            self.vm = self.new_vm()
         try:
             self.vm.start()
+            if self.after_start is not None:
+                self.after_start()
         except Exception as e:
             log.error("start failed: %s: %s", type(e).__name__, e)
             self.exit_info = {"reason": "start-failed", "detail": f"{type(e).__name__}: {e}",
@@ -220,6 +250,18 @@ class VmmProcess:
         log.info("VM started")
         return A.StartResult(phases=dict(self.vm.phases), cmdline=self.vm.cmdline,
                              timeline=self.timeline.spans(self.vm))
+
+    def new_vm(self):
+        from .vm import MicroVm     # only now: a VMM that never starts stays small
+        return MicroVm(self.cfg, vm_id=self.vm_id, console_out=self.console,
+                       plugins=self.plugins, thread_hooks=self.thread_hooks)
+
+    def plan(self, cfg) -> None:
+        """Validate the devices now (a jailed VMM does this before the jail closes, while
+        the host paths its checks look at are still there); `start` builds the rest."""
+        self.cfg = cfg
+        self.vm = self.new_vm()
+        self.vm.build(("plugins",))
 
     def _wait_vm(self) -> None:
         self.vm.wait()

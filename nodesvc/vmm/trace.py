@@ -17,6 +17,8 @@ import re
 import threading
 import time
 
+from .capabilities import BootClock
+
 # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; all-zero ids are invalid.
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -62,14 +64,17 @@ class Timeline:
         # "spawn" starts on the node side (before exec); the node service fills that end in.
         add("vmm.spawn", m["main"], m["main"])
         add("vmm.config", m.get("config_start"), m.get("config_end"))
-        add("vmm.handshake", m.get("config_end"), m.get("start_request"))
+        add("vmm.jail", m.get("jail_start"), m.get("jail_end"))     # a jailed VMM only
+        add("vmm.handshake", m.get("ready", m.get("config_end")), m.get("start_request"))
         add("vmm.imports", m.get("start_request"), m.get("build_start"))   # the VMM core
         if vm is not None:
             for name, t0, t1 in _build_phases(vm):
                 add(name, t0, t1)
             started, first = getattr(vm, "started_at", None), first_run_at(vm)
             add("vmm.first_run", started, first)
-        return out
+        # A jailed VMM plans its devices before the jail closes, so "vmm.plugins" comes
+        # before the jail and the handshake: order by time, not by kind.
+        return sorted(out, key=lambda s: s["start_ns"])
 
 
 def _build_phases(vm):
@@ -102,7 +107,6 @@ class BootWatch:
 
     @classmethod
     def start(cls, vm, wake) -> "BootWatch | None":
-        from .capabilities import BootClock
         dev = vm.devices.find(BootClock)
         if dev is None:
             return None

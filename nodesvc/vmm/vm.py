@@ -71,19 +71,22 @@ class MicroVm:
         return min(first) if first else None
 
     def build(self, steps: tuple[str, ...] = BOOT_STEPS) -> None:
-        """Run the builder's steps (all of a boot by default; see nodesvc.vmm.builder)."""
+        """Run the builder's steps not run yet (all of a boot by default; see
+        nodesvc.vmm.builder). A jailed VMM plans its devices before the jail closes
+        (`build(("plugins",))`, host paths still visible) and builds the rest inside."""
         if self._built:
             return
-        self._built = True
-        if self._plugins is None:
-            from ..plugins import PluginManager
-            self._plugins = PluginManager()
-        self.builder = Builder(self, self._plugins)
+        if self.builder is None:
+            if self._plugins is None:
+                from ..plugins import PluginManager
+                self._plugins = PluginManager()
+            self.builder = Builder(self, self._plugins)
         try:
             self.builder.run(*steps)
         except BaseException:
             self.close()
             raise
+        self._built = set(BOOT_STEPS) <= set(self.builder.done)
 
     # -- run ------------------------------------------------------------------
     def request_exit(self, result: VmExit) -> None:

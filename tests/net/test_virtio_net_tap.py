@@ -228,6 +228,7 @@ def test_plugin_attaches_to_a_tap_in_a_namespace(netns):
     finally:
         for t in made:
             t.close()
+            t.device.close()  # the transport releases its fds; the device is its owner's
         loop.close()
         mem.close()
 

@@ -26,18 +26,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def vmm_pids(state_dir: str) -> list[int]:
-    """VMM processes whose command line points into this state dir."""
-    marker = os.fsencode(os.path.join(state_dir, "run") + "/")
+    """VMM processes of this state dir: unjailed ones name their run dir on their command
+    line; jailed ones (and their zygote) carry the zygote's, which names its socket."""
+    markers = (os.fsencode(os.path.join(state_dir, "run") + "/"),
+               os.fsencode(os.path.join(state_dir, "zygote.sock")))
     pids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/cmdline", "rb") as f:
-                    if marker in f.read():
-                        pids.append(int(d))
+                    cmd = f.read()
             except OSError:
-                pass
+                continue
+            if any(m in cmd for m in markers):
+                pids.append(int(d))
     return pids
+
+
+def jail_run_dir(state_dir: str, vm_id: str) -> str:
+    """A jailed VM's run dir: inside its jail, where the VMM sees it as /run."""
+    return os.path.join(state_dir, "jail", vm_id, "root", "run")
 
 
 class NodeServer:

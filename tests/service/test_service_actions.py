@@ -131,7 +131,7 @@ def test_a_type_error_inside_an_action_is_internal_not_bad_arguments(state_dir, 
         "P.VmmProcess.console_input = console_input\n")
 
     async def scenario():
-        async with node(state_dir, command=bug) as n:
+        async with node(state_dir, command=bug, no_jail=True) as n:
             await n.create_vm("buggy", echo_spec(guest), start=True)
             h = n.vms["buggy"].handle
             with pytest.raises(A.Internal) as ei:
@@ -157,7 +157,7 @@ def test_support_is_what_the_hello_lists(state_dir, guest, tmp_path):
     other.write_bytes(bytes(1 << 20))
 
     async def scenario():
-        async with node(state_dir, command=no_drive_updates) as n:
+        async with node(state_dir, command=no_drive_updates, no_jail=True) as n:
             await n.create_vm("partial", echo_spec(guest, tmp_path), start=True)
             h = n.vms["partial"].handle
             assert not h.supports(A.UpdateDrive) and h.supports(A.UpdateRateLimiter)
@@ -181,7 +181,7 @@ def test_a_protocol_1_vmm_is_still_driven(state_dir, guest, tmp_path):
     other.write_bytes(bytes(1 << 20))
 
     async def scenario():
-        async with node(state_dir, command=old_hello) as n:
+        async with node(state_dir, command=old_hello, no_jail=True) as n:
             await n.create_vm("old", echo_spec(guest, tmp_path), start=True)
             assert n.vms["old"].handle.actions == A.PROTOCOL_1_ACTIONS
             rec = await n.update_drive("old", "data", str(other))

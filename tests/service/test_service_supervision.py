@@ -10,7 +10,7 @@ import time
 import pytest
 
 from nodesvc.api.v1 import nodesvc_pb2 as pb
-from tests.service.conftest import read_console_until, vm_spec, wait_state
+from tests.service.conftest import read_console_until, vm_spec, wait_state, jail_run_dir
 
 pytestmark = pytest.mark.kvm
 ST = pb.VmState
@@ -35,7 +35,7 @@ def _start_echo(stub, guest, vm_id: str) -> pb.Vm:
 def test_killed_vmm_is_failed_and_cleaned_up(make_server, guest):
     s = make_server()
     vm = _start_echo(s.stub, guest, "victim")
-    run_dir = os.path.join(s.state_dir, "run", "victim")
+    run_dir = jail_run_dir(s.state_dir, "victim")
     assert os.path.isdir(run_dir)
     os.kill(vm.vmm_pid, signal.SIGKILL)
     # how soon it is FAILED is a figure of bench/lifecycle.py
@@ -97,7 +97,7 @@ def test_vms_that_ended_while_the_node_was_down(make_server, guest):
     s.stop()
     os.kill(killed.vmm_pid, signal.SIGKILL)
     # The echo guest resets itself on 'q': the VMM records why in exit.json and exits.
-    run_dir = os.path.join(s.state_dir, "run", "quitter")
+    run_dir = jail_run_dir(s.state_dir, "quitter")
     assert _control(run_dir, "console_input", data=base64.b64encode(b"q").decode())["ok"]
     deadline = time.monotonic() + 10
     while _alive(quit_.vmm_pid) and time.monotonic() < deadline:
@@ -110,6 +110,7 @@ def test_vms_that_ended_while_the_node_was_down(make_server, guest):
     q = s2.stub.GetVm(pb.GetVmRequest(vm_id="quitter")).vm
     assert q.state == ST.VM_STATE_STOPPED
     assert q.reason.startswith("guest-reset") and "while the node service was down" in q.reason
-    assert os.listdir(os.path.join(s.state_dir, "run")) == []
+    jails = os.path.join(s.state_dir, "jail")      # every jail of a dead VMM is removed
+    assert [d for d in os.listdir(jails) if not d.startswith(".")] == []
     ids = [v.id for v in s2.stub.ListVms(pb.ListVmsRequest()).vms]
     assert ids == ["killed", "quitter"]      # nothing lost, nothing duplicated

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from nodesvc.api.v1 import nodesvc_pb2 as pb
-from tests.service.conftest import read_console_until, vm_spec, wait_state
+from tests.service.conftest import read_console_until, vm_spec, wait_state, jail_run_dir
 
 pytestmark = pytest.mark.kvm
 ST = pb.VmState
@@ -35,7 +35,7 @@ def test_create_start_console_stop_delete(stub, shared_server, guest):
                                      labels={"suite": "service"}))
     vm = stub.StartVm(pb.StartVmRequest(vm_id="e2e"), timeout=30).vm
     assert vm.state == ST.VM_STATE_RUNNING and vm.vmm_pid > 0 and vm.start_count == 1
-    run_dir = os.path.join(shared_server.state_dir, "run", "e2e")
+    run_dir = jail_run_dir(shared_server.state_dir, "e2e")
     assert os.path.exists(os.path.join(run_dir, "control.sock"))
 
     # A late subscriber still sees the boot, from the ring buffer.
@@ -182,7 +182,7 @@ def _control(run_dir: str, op: str, **args) -> dict:
 def test_vmm_process_is_lean_and_in_its_own_session(stub, shared_server, guest):
     vm = stub.CreateVm(pb.CreateVmRequest(vm_id="lean", spec=vm_spec(guest("echo")),
                                           start=True), timeout=30).vm
-    run_dir = os.path.join(shared_server.state_dir, "run", "lean")
+    run_dir = jail_run_dir(shared_server.state_dir, "lean")
     status = _control(run_dir, "status")
     assert status["ok"] and status["result"]["state"] == "running"
     assert status["result"]["heavy_modules"] == []      # no grpc/protobuf/OTel exporter

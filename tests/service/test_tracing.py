@@ -20,14 +20,15 @@ from nodesvc.api.v1 import nodesvc_pb2_grpc as pb_grpc
 from nodesvc.core import NodeConfig
 from nodesvc.server.app import ServeOptions, serve
 
-from tests.service.conftest import ROOT, vm_spec
+from tests.service.conftest import ROOT, vm_spec, jail_run_dir
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
 MD = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-01"),)
 SLACK_NS = 2_000_000    # VMM and node service convert their clocks separately
-PHASES = ["vmm.spawn", "vmm.config", "vmm.handshake", "vmm.imports", "vmm.plugins", "vmm.kvm",
-          "vmm.memory", "vmm.kernel", "vmm.devices", "vmm.boot_data", "vmm.vcpus",
+# jailed (the default): the devices are planned before the jail closes, the rest inside
+PHASES = ["vmm.spawn", "vmm.config", "vmm.plugins", "vmm.jail", "vmm.handshake", "vmm.imports",
+          "vmm.kvm", "vmm.memory", "vmm.kernel", "vmm.devices", "vmm.boot_data", "vmm.vcpus",
           "vmm.first_run"]
 
 
@@ -123,7 +124,7 @@ def test_vmm_process_stays_lean_when_traced(state_dir, guest):
         async with traced_node(state_dir) as (stub, _):
             vm = (await stub.CreateVm(pb.CreateVmRequest(vm_id="lean-t", spec=vm_spec(
                 guest("echo")), start=True), metadata=MD, timeout=60)).vm
-            status = await _control(os.path.join(state_dir, "run", "lean-t"), "status")
+            status = await _control(jail_run_dir(state_dir, "lean-t"), "status")
             await stub.StopVm(pb.StopVmRequest(vm_id="lean-t", force=True), timeout=10)
             return vm, status
 

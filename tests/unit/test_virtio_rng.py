@@ -12,7 +12,7 @@ from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
 from nodesvc.testing import CountingIrq, GuestDriver, InlineLoop, VirtioConformance
 from nodesvc_virtio_rng import VirtioRng
 from nodesvc_virtio_rng.device import MAX_FILL
-from nodesvc_virtio_rng.plugin import attach
+from nodesvc_virtio_rng.plugin import attach, validate
 
 
 
@@ -61,6 +61,7 @@ def rig():
     yield make
     for t in made:
         t.close()
+        t.device.close()  # the transport releases its fds; the device is its owner's
     mem.close()
 
 
@@ -140,9 +141,9 @@ def test_wild_buffer_needs_reset(rig):
 ])
 def test_validate(cfg, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        attach.validate(cfg)
-    attach.validate({})
-    attach.validate({"rate_limiter": None})
+        validate(cfg)
+    validate({})
+    validate({"rate_limiter": None})
 
 
 def test_attach_builds_the_limiter():

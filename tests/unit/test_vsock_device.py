@@ -16,7 +16,7 @@ from nodesvc.vmm.memory import GuestMemory
 from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
 from nodesvc_vsock import VsockDevice, validate
 from nodesvc_vsock.packet import HDR_SIZE, MAX_PKT_PAYLOAD, OP_RW, Header, RxBuffer, parse_tx
-from nodesvc_vsock.plugin import attach
+from nodesvc_vsock.plugin import VsockKind, attach
 from nodesvc_vsock.uds import parse_connect
 
 
@@ -61,7 +61,7 @@ def test_validate_refuses_with_one_line(sockdir, cfg, msg):
 
 def test_registered_through_entry_point():
     reg = PluginManager().device_registry()
-    assert "vsock" in reg and reg.get("vsock") is attach and attach.validate is validate
+    assert "vsock" in reg and reg.get("vsock") is VsockKind and VsockKind.validate is validate
 
 
 def test_config_file_section_reaches_validate(sockdir):
@@ -115,6 +115,7 @@ class TestVsockConformance(VirtioConformance):
             assert dev.queue_sizes == (256, 256, 256)
         finally:
             t.close()
+            t.device.close()  # the transport releases its fds; the device is its owner's
             mem.close()
 
 

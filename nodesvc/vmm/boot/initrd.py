@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from .. import hostfiles
 from . import layout as L
 from .errors import InitrdLoadError
 from .ram import copy_file_to_guest, low_ram_end
@@ -38,7 +39,7 @@ def load_initrd(mem, path, kernel_end: int,
                 initrd_addr_max: int = L.INITRD_ADDR_MAX_DEFAULT) -> tuple[int, int]:
     """Copy the initrd at `path` into guest RAM; returns (guest_addr, size)."""
     try:
-        f = open(path, "rb")
+        f = hostfiles.open_file(path)
     except OSError as e:
         raise InitrdLoadError(f"cannot open initrd {path}: {e.strerror}") from None
     with f:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .. import hostfiles
 from . import layout as L
 from .abi import ffi, unpack
 from .errors import KernelLoadError
@@ -53,7 +54,7 @@ class KernelImage:
 
 def _open(path):
     try:
-        return open(path, "rb")
+        return hostfiles.open_file(path)
     except OSError as e:
         raise KernelLoadError(f"cannot open kernel image {path}: {e.strerror}") from None
 

@@ -22,6 +22,8 @@ import logging
 import time
 from typing import Callable
 
+from .queue import VirtqueueError
+
 log = logging.getLogger("nodesvc.vmm.virtio")
 
 MAX_REASON = 200      # a failure reason is guest-influenced text: keep it short
@@ -60,7 +62,6 @@ class ErrorBoundary:
         self._loops: list[DeviceLoop] = []
 
     def describe(self, e: BaseException) -> str:
-        from .queue import VirtqueueError
         text = str(e) if isinstance(e, VirtqueueError) else f"{type(e).__name__}: {e}"
         return text[:MAX_REASON]
 

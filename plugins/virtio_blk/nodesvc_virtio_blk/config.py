@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from nodesvc.vmm.config import refuse_present
+from nodesvc.vmm import hostfiles
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import parse_limiter_config
 
@@ -61,6 +62,8 @@ def check_backing_file(where: str, path: Any, read_only: bool) -> str:
     """The host file (or block device) must exist and be readable (and writable unless ro)."""
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{where}: must be a non-empty string, got {path!r}")
+    if hostfiles.handed(path):      # jailed: opened by the node, checked before the jail
+        return path
     try:
         st = os.stat(path)
     except OSError as e:

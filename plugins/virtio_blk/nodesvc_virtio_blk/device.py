@@ -18,6 +18,7 @@ import os
 import struct
 import threading
 
+from nodesvc.vmm import hostfiles
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import OneLimiter
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
@@ -45,7 +46,7 @@ _unpack_header, _preadv, _pwritev = _HEADER.unpack_from, os.preadv, os.pwritev
 def open_backing(path: str, read_only: bool) -> tuple[int, int]:
     """(fd, capacity in sectors). A tail shorter than a sector is not exposed (as Firecracker)."""
     try:
-        fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+        fd = hostfiles.open_fd(path, os.O_RDONLY if read_only else os.O_RDWR)
     except OSError as e:
         raise ConfigError(f"cannot open backing file {path!r}: {e.strerror}") from None
     size = os.lseek(fd, 0, os.SEEK_END)   # works for block devices too

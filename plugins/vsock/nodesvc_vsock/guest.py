@@ -255,7 +255,7 @@ class Rig:
 
     def close(self) -> None:
         try:
-            self.guest.call(self.transport.close)
+            self.guest.call(lambda: (self.transport.close(), self.device.close()))
         finally:
             self.loop.close()
             self.memory.close()

@@ -8,6 +8,7 @@ import stat
 from typing import Any, Mapping
 
 from nodesvc.plugins import hookimpl
+from nodesvc.vmm import hostfiles
 from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 
@@ -63,7 +64,9 @@ class VsockKind(DeviceKind):
         """Listen on `uds_path` and plug the device into a virtio-mmio slot."""
         validate(config)
         try:
-            dev = VsockDevice(config["guest_cid"], config["uds_path"], ctx.event_loop)
+            # jailed, the socket's directory is bound into the jail: reach it from there
+            dev = VsockDevice(config["guest_cid"], hostfiles.visible_path(config["uds_path"]),
+                              ctx.event_loop)
         except OSError as e:
             raise ConfigError(f"vsock.uds_path: cannot listen on {config['uds_path']}: "
                               f"{e.strerror or e}") from None

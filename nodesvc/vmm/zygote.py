@@ -1,0 +1,197 @@
+"""`python -m nodesvc.vmm.zygote --socket PATH`: forks one jailed VMM per request.
+
+Python start-up and imports are most of what starting a VMM costs, and a jailed VMM has
+no Python runtime on disk to import from. So the node service runs one zygote: a
+single-threaded process that imports the VMM, its plugins and the jailer once, compiles
+the seccomp filters once, and then forks a child per VM. The child, still root:
+
+ 1. takes the descriptors the node handed in (kernel, initrd, drives, TAPs: `hostfiles`),
+ 2. parses the VM's config and plans its devices (the checks that look at host paths),
+ 3. binds its control socket and opens its FIFOs (in the jail's run dir),
+ 4. enters the jail (nodesvc_jailer.Jail: namespaces, cgroup, pivot_root, no capabilities,
+    an unprivileged uid, the "vmm" seccomp baseline) and becomes pid 1 of its own PID
+    namespace,
+
+then serves the control protocol (nodesvc.vmm.process) as any VMM does. The guest runs no
+instruction before step 4; the vCPU and event-loop threads load their own filters first
+thing, and the main thread loads the "control" filter once they exist.
+
+The node service is PR_SET_CHILD_SUBREAPER: a VMM is reparented to it when its jail's
+first process exits, so the node reaps it and learns its exit status. The trade-off against exec mode (`nodesvc-jailer -- python -m nodesvc.vmm.process`, a fresh
+process per VM): every VMM forked from one zygote shares its address-space layout (ASLR is
+per zygote, not per VM) — see docs/security.md.
+
+Protocol: one connection per request; the node sends one JSON object with SCM_RIGHTS
+descriptors (the first is the VMM's stderr file, then one per `files` key) and reads one
+JSON reply: {"pid": <host pid of the VMM>} or {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+
+# Everything a VMM may need is imported here, before any jail exists.
+import nodesvc.vmm.builder  # noqa: F401
+import nodesvc.vmm.console  # noqa: F401
+import nodesvc.vmm.vm  # noqa: F401
+from nodesvc.plugins import PluginManager
+from nodesvc.vmm import hostfiles, trace
+from nodesvc.vmm.config import parse_config
+from nodesvc.vmm.control import bind_unix
+from nodesvc.vmm.errors import ConfigError
+from nodesvc.vmm.process import VmmProcess, build_parser, write_exit_file
+from nodesvc_jailer import Jail, Limits, seccomp
+from nodesvc_jailer import linux as L
+from nodesvc_jailer.fdpass import recv_fds
+
+log = logging.getLogger("nodesvc.vmm.zygote")
+MAX_REQUEST = 1 << 20
+
+
+def warm_up() -> PluginManager:
+    """Import every plugin and what it imports lazily; compile the filters."""
+    plugins = PluginManager.shared()
+    plugins.device_registry()
+    plugins.rate_limiter_registry()
+    seccomp.precompile()
+    import encodings.idna  # noqa: F401  (socket paths and names may need it)
+    return plugins
+
+
+class Zygote:
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+        self.plugins = warm_up()
+        try:
+            os.unlink(socket_path)
+        except FileNotFoundError:
+            pass
+        self.listener = bind_unix(socket_path)
+        os.chmod(socket_path, 0o600)
+        self.listener.listen(16)
+        self.spawned = 0
+
+    def serve(self) -> None:
+        log.info("zygote ready on %s", self.socket_path)
+        while True:
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(10.0)
+                self.handle(conn)
+
+    def handle(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            msg, fds = recv_fds(conn, MAX_REQUEST)
+            req = json.loads(msg)
+            reply = self.spawn(conn, req, fds)
+        except Exception as e:     # a bad request never ends the zygote
+            log.exception("spawn failed")
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
+
+    def spawn(self, conn: socket.socket, req: dict, fds: list[int]) -> dict:
+        if not fds or len(fds) != len(req.get("files", ())) + 1:
+            raise ValueError("expected the stderr descriptor and one per file")
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.close(pid_r)
+                conn.close()
+                self.listener.close()
+                code = run_child(req, fds, pid_w, self.plugins)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(pid_w)
+        with os.fdopen(pid_r, "rb") as f:
+            line = f.read()     # EOF when the jail's first process exits
+        _, status = os.waitpid(child, 0)
+        self.spawned += 1
+        if line.strip():
+            return {"pid": int(line)}
+        code = os.waitstatus_to_exitcode(status)
+        return {"error": f"the VMM ended before its jail was ready (status {code}); "
+                         "see its stderr", "exit_code": code}
+
+
+def run_child(req: dict, fds: list[int], pid_w: int, plugins) -> int:
+    """In the forked child: everything up to the jail, then the VMM itself."""
+    os.setsid()     # its own session: signals to the node's or zygote's group miss it
+    os.dup2(fds[0], 1)
+    os.dup2(fds[0], 2)
+    os.close(fds[0])
+    hostfiles.install(dict(zip(req["files"], fds[1:])))
+    jail = req["jail"]
+    for host, inside in jail.get("relocate", ()):
+        hostfiles.relocate(host, inside)
+    timeline = trace.Timeline()
+    args = build_parser().parse_args(req["argv"])
+    proc = VmmProcess(args, timeline, plugins=plugins, thread_hooks=seccomp.thread_hooks(),
+                      after_start=lambda: seccomp.install("control"))
+    try:
+        timeline.mark("config_start")
+        cfg = parse_config(req["config"])
+        timeline.mark("config_end")
+        proc.open()
+        proc.plan(cfg)
+    except (ConfigError, OSError) as e:
+        info = {"reason": "config-error", "detail": str(e), "failure": True, "exit_code": 2,
+                "ran": False}
+        write_exit_file(req.get("exit_file_host"), info)
+        print(f"nodesvc-vmm: {e}", file=sys.stderr)
+        return 2
+    timeline.mark("jail_start")
+    if jail.get("new_netns", True) and not jail.get("netns"):
+        L.unshare(L.CLONE_NEWNET)   # no network but what the node handed in (TAP fds)
+    keep = tuple(int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2)
+    j = Jail(req["vm_id"], base_dir=jail["base_dir"], uid_state_dir=jail["uid_state_dir"],
+             uid_range=tuple(jail["uid_range"]), netns=jail.get("netns"),
+             parent_cgroup=jail.get("parent_cgroup", "nodesvc"),
+             limits=Limits(memory_bytes=jail.get("memory_bytes"), cpus=jail.get("cpus"),
+                           pids=jail.get("pids")),
+             pid_fd=pid_w, keep_fds=keep)
+    j.enter()
+    timeline.mark("jail_end")
+    os.close(pid_w)
+    proc.pid = j.host_pid or os.getpid()
+    try:
+        return proc.run(cfg)
+    finally:
+        proc.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nodesvc.vmm.zygote")
+    p.add_argument("--socket", required=True, help="Unix socket to serve spawn requests on")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s zygote %(levelname)s %(message)s")
+    t0 = time.monotonic()
+    z = Zygote(args.socket)
+    log.info("imports and filters ready in %.0f ms", (time.monotonic() - t0) * 1e3)
+    try:
+        z.serve()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
