@@ -200,7 +200,8 @@ def dsl_devices(dsl: str) -> dict:
             r"Memory32Fixed \(ReadWrite,\s+0x(\w+),\s+// Address Base\s+0x(\w+)", block)]
         io = [int(p, 16) for p in re.findall(r"IO \(Decode16,\s+0x(\w+),", block)]
         irqs = [int(i, 16) for i in re.findall(
-            r"Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s+\{\s+0x(\w+),", block)]
+            r"Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)"
+            r"\s+\{\s+0x(\w+),", block)]
         out[dev] = {"hid": hid, "uid": uid, "mem": mem, "io": io, "irqs": irqs}
     return out
 

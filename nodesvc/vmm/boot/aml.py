@@ -151,7 +151,8 @@ def scope(path: str, *terms: bytes) -> bytes:
 
 def device(path: str, *terms: bytes) -> bytes:
     """Device(path) { terms }: ExtOpPrefix DeviceOp PkgLength NameString TermList."""
-    return bytes([EXT_OP_PREFIX, DEVICE_OP]) + _with_pkg_length(name_string(path) + b"".join(terms))
+    body = name_string(path) + b"".join(terms)
+    return bytes([EXT_OP_PREFIX, DEVICE_OP]) + _with_pkg_length(body)
 
 
 # -- resource templates (6.4) ----------------------------------------------------
