@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--otlp-endpoint", metavar="URL",
                    help="OTLP/gRPC collector, e.g. http://localhost:4317 (implies otlp; "
                         "default: OTEL_EXPORTER_OTLP_ENDPOINT)")
-    from ..fleet.agent import add_arguments as fleet_arguments
+    from ..fleet.flags import add_arguments as fleet_arguments
     fleet_arguments(s)      # --fleet-etcd, --node-name, --advertise (docs/fleet.md)
     return p
 
