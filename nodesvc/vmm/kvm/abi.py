@@ -146,6 +146,80 @@ struct kvm_translation {
     uint8_t  pad[5];
 };
 
+/* vCPU and VM state for snapshots (KVM_GET_* / KVM_SET_*) */
+struct kvm_msr_list {
+    uint32_t nmsrs;
+    uint32_t indices[];
+};
+
+struct kvm_xsave {
+    uint32_t region[1024];
+    uint32_t extra[];
+};
+
+struct kvm_xcr {
+    uint32_t xcr;
+    uint32_t reserved;
+    uint64_t value;
+};
+
+struct kvm_xcrs {
+    uint32_t nr_xcrs;
+    uint32_t flags;
+    struct kvm_xcr xcrs[16];
+    uint64_t padding[16];
+};
+
+struct kvm_debugregs {
+    uint64_t db[4];
+    uint64_t dr6;
+    uint64_t dr7;
+    uint64_t flags;
+    uint64_t reserved[9];
+};
+
+struct kvm_vcpu_events {
+    struct { uint8_t injected, nr, has_error_code, pending; uint32_t error_code; } exception;
+    struct { uint8_t injected, nr, soft, shadow; } interrupt;
+    struct { uint8_t injected, pending, masked, pad; } nmi;
+    uint32_t sipi_vector;
+    uint32_t flags;
+    struct { uint8_t smm, pending, smm_inside_nmi, latched_init; } smi;
+    struct { uint8_t pending; } triple_fault;
+    uint8_t  reserved[26];
+    uint8_t  exception_has_payload;
+    uint64_t exception_payload;
+};
+
+struct kvm_clock_data {
+    uint64_t clock;
+    uint32_t flags;
+    uint32_t pad0;
+    uint64_t realtime;
+    uint64_t host_tsc;
+    uint32_t pad[4];
+};
+
+struct kvm_irqchip {
+    uint32_t chip_id;
+    uint32_t pad;
+    union { char dummy[512]; } chip;   /* PIC or IOAPIC state, kept as bytes */
+};
+
+struct kvm_pit_channel_state {
+    uint32_t count;
+    uint16_t latched_count;
+    uint8_t  count_latched, status_latched, status, read_state, write_state, write_latch;
+    uint8_t  rw_mode, mode, bcd, gate;
+    int64_t  count_load_time;
+};
+
+struct kvm_pit_state2 {
+    struct kvm_pit_channel_state channels[3];
+    uint32_t flags;
+    uint32_t reserved[9];
+};
+
 struct kvm_run_io {
     uint8_t  direction;
     uint8_t  size;

@@ -30,6 +30,12 @@ def _ioctl(fd: int, request: int, arg=None) -> int:
     return ret
 
 
+def _get(fd: int, request: int, ctype: str):
+    obj = ffi.new(ctype + " *")
+    _ioctl(fd, request, obj)
+    return obj
+
+
 class _Fd:
     def __init__(self, fd: int):
         self.fd = fd
@@ -95,6 +101,21 @@ class Kvm(_Fd):
             keys = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
             return [{k: getattr(cpuid.entries[i], k) for k in keys} for i in range(cpuid.nent)]
 
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM can save and restore for a guest."""
+        n = 0
+        while True:
+            obj = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": max(n, 1)})
+            obj.nmsrs = n
+            try:
+                _ioctl(self.fd, I.KVM_GET_MSR_INDEX_LIST, obj)
+            except KvmError as e:
+                if e.errno == _errno.E2BIG and obj.nmsrs > n:
+                    n = obj.nmsrs   # the kernel told us how many there are
+                    continue
+                raise
+            return [obj.indices[i] for i in range(obj.nmsrs)]
+
     def create_vm(self) -> "Vm":
         return Vm(self, _ioctl(self.fd, I.KVM_CREATE_VM, 0))
 
@@ -140,6 +161,30 @@ class Vm(_Fd):
         _ioctl(self.fd, I.KVM_IOEVENTFD, ffi.new("struct kvm_ioeventfd *", {
             "datamatch": datamatch or 0, "addr": addr, "len": length, "fd": evt.fd,
             "flags": flags}))
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (KVM_CAP_XSAVE2's size is only given here)."""
+        return _ioctl(self.fd, I.KVM_CHECK_EXTENSION, cap)
+
+    def get_clock(self):
+        return _get(self.fd, I.KVM_GET_CLOCK, "struct kvm_clock_data")
+
+    def set_clock(self, clock) -> None:
+        _ioctl(self.fd, I.KVM_SET_CLOCK, clock)
+
+    def get_irqchip(self, chip_id: int):
+        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        _ioctl(self.fd, I.KVM_GET_IRQCHIP, chip)
+        return chip
+
+    def set_irqchip(self, chip) -> None:
+        _ioctl(self.fd, I.KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self):
+        return _get(self.fd, I.KVM_GET_PIT2, "struct kvm_pit_state2")
+
+    def set_pit2(self, pit) -> None:
+        _ioctl(self.fd, I.KVM_SET_PIT2, pit)
 
     def create_vcpu(self, index: int) -> "Vcpu":
         return Vcpu(self, index, _ioctl(self.fd, I.KVM_CREATE_VCPU, index))
@@ -201,6 +246,61 @@ class Vcpu(_Fd):
 
     def get_mp_state(self) -> int:
         return self._get(I.KVM_GET_MP_STATE, "struct kvm_mp_state").mp_state
+
+    def set_mp_state(self, state: int) -> None:
+        _ioctl(self.fd, I.KVM_SET_MP_STATE, ffi.new("struct kvm_mp_state *", {"mp_state": state}))
+
+    def get_xsave(self, size: int = 4096):
+        """KVM_GET_XSAVE2 when the VM's XSAVE area is larger than 4 KiB, else KVM_GET_XSAVE."""
+        extra = max(0, size - 4096) // 4
+        obj = ffi.new("struct kvm_xsave *", {"extra": extra} if extra else {})
+        _ioctl(self.fd, I.KVM_GET_XSAVE2 if extra else I.KVM_GET_XSAVE, obj)
+        return obj
+
+    def set_xsave(self, xsave) -> None:
+        _ioctl(self.fd, I.KVM_SET_XSAVE, xsave)
+
+    def get_xcrs(self):
+        return self._get(I.KVM_GET_XCRS, "struct kvm_xcrs")
+
+    def set_xcrs(self, xcrs) -> None:
+        _ioctl(self.fd, I.KVM_SET_XCRS, xcrs)
+
+    def get_debugregs(self):
+        return self._get(I.KVM_GET_DEBUGREGS, "struct kvm_debugregs")
+
+    def set_debugregs(self, dregs) -> None:
+        _ioctl(self.fd, I.KVM_SET_DEBUGREGS, dregs)
+
+    def get_vcpu_events(self):
+        return self._get(I.KVM_GET_VCPU_EVENTS, "struct kvm_vcpu_events")
+
+    def set_vcpu_events(self, events) -> None:
+        _ioctl(self.fd, I.KVM_SET_VCPU_EVENTS, events)
+
+    def get_tsc_khz(self) -> int:
+        return _ioctl(self.fd, I.KVM_GET_TSC_KHZ)
+
+    def set_tsc_khz(self, khz: int) -> None:
+        _ioctl(self.fd, I.KVM_SET_TSC_KHZ, khz)
+
+    def kvmclock_ctrl(self) -> None:
+        _ioctl(self.fd, I.KVM_KVMCLOCK_CTRL)
+
+    def get_cpuid2(self, max_entries: int = 256) -> list[dict]:
+        """KVM_GET_CPUID2: the entries last set with KVM_SET_CPUID2."""
+        while True:
+            cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": max_entries, "entries": max_entries})
+            cpuid.nent = max_entries
+            try:
+                _ioctl(self.fd, I.KVM_GET_CPUID2, cpuid)
+            except KvmError as e:
+                if e.errno == _errno.E2BIG and max_entries < 4096:
+                    max_entries *= 2
+                    continue
+                raise
+            keys = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
+            return [{k: getattr(cpuid.entries[i], k) for k in keys} for i in range(cpuid.nent)]
 
     def set_cpuid2(self, entries: list[dict]) -> None:
         cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": len(entries), "entries": len(entries)})
