@@ -4,9 +4,11 @@ double-run checker (conftest) watches the whole time."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import time
+import subprocess
+import sys
 
 import pytest
 
@@ -69,6 +71,50 @@ def test_rm_stops_and_deletes_on_the_node(fleet):
     wait_for(lambda: "tmp-1" not in fleet.node_vms(node) and "tmp-1" not in fleet.ls(),
              30, "tmp-1 gone from node and etcd")
     assert fleet.call(lambda f: f.etcd.get(f.keys.assignment("tmp-1"))) is None
+
+
+def nodectl(fleet, *args, check=True) -> str:
+    r = subprocess.run([sys.executable, "-m", "nodesvc_client.cli", "fleet", "--etcd",
+                        ",".join(fleet.etcd.endpoints), *args], capture_output=True,
+                       text=True, timeout=60)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r.stdout if check else r
+
+
+def test_nodectl_fleet(fleet, tmp_path):
+    f = tmp_path / "vm.yaml"
+    f.write_text(json.dumps({"vm_id": "cli-1", "labels": {"app": "cli"},
+                             "placement": {"node_selector": {"zone": "a"}},
+                             "spec": {"machine": {"vcpus": 1, "memory_mib": 32},
+                                      "boot": {"kernel_path": fleet.kernel}}}))
+    watch = subprocess.Popen([sys.executable, "-m", "nodesvc_client.cli", "fleet", "--etcd",
+                              ",".join(fleet.etcd.endpoints), "watch", "-n", "3"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert "cli-1: created" in nodectl(fleet, "create", "-f", str(f), "--anti-affinity",
+                                           "app")
+        fleet.wait_running(["cli-1"], timeout=60)
+        out, _ = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    assert "vms      put    cli-1" in out and "assign   put    cli-1 node=n" in out
+    got = json.loads(nodectl(fleet, "get", "cli-1", "-o", "json"))
+    assert got["desired"]["placement"] == {"node_selector": {"zone": "a"},
+                                           "anti_affinity": ["app"]}
+    assert got["assignment"]["node"] in ("n1", "n2") and got["status"]["state"] == "RUNNING"
+    ls = nodectl(fleet, "ls")
+    assert ls.splitlines()[0].split() == ["ID", "NODE", "STATE", "LABELS", "REASON"]
+    assert any(line.split()[:3] == ["cli-1", got["assignment"]["node"], "RUNNING"]
+               for line in ls.splitlines())
+    assert "n3: cordoned" in nodectl(fleet, "cordon", "n3")
+    nodes = {line.split()[0]: line.split()[1] for line in nodectl(fleet, "nodes").splitlines()[1:]}
+    assert nodes == {"n1": "ready", "n2": "ready", "n3": "cordoned"}
+    nodectl(fleet, "uncordon", "n3")
+    assert "removed" in nodectl(fleet, "rm", "cli-1")
+    r = nodectl(fleet, "rm", "cli-1", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "nodectl: fleet: no fleet VM 'cli-1'"
+    wait_for(lambda: "cli-1" not in fleet.ls(), 30, "cli-1 gone")
 
 
 def test_kill_one_etcd_member_operations_continue(fleet):

@@ -16,6 +16,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from . import fleet
 from .commands import COMMANDS
 from .console import DEFAULT_ESCAPE
 from .errors import NodeError
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("health", "check that the node service is SERVING", vm=False)
     c.add_argument("--wait", type=float, default=0, metavar="SECS",
                    help="keep trying for up to SECS seconds")
+    fleet.register(sub, COMMANDS)       # nodectl fleet ... (etcd; docs/fleet.md)
     return p
 
 
