@@ -61,7 +61,8 @@ cffi: setup
 	$(PY) -m nodesvc.vmm.cffi_cache
 
 bench: setup guest
-	$(PY) bench/boot.py
+	$(PY) bench/boot.py --peer qemu
+	$(PY) bench/ratelimit.py
 	$(PY) bench/virtio_blk.py
 	$(PY) bench/virtio_net.py
 	$(PY) bench/vsock.py

@@ -4,7 +4,9 @@ Figures: wall time from VMM start to the first KVM_RUN and to the `Run /init` li
 share of vCPU wall time spent outside KVM_RUN (our exit handling), exits by kind, and the
 VMM's RSS minus the guest memory the guest touched — beside a bare `python3 -c pass` RSS
 measured in the same run as the floor. With --peer qemu, QEMU microvm boots the same
-kernel and initramfs in the same run for a side-by-side time to `Run /init`.
+kernel and initramfs in the same run for a side-by-side time to `Run /init` and QEMU's
+own RSS overhead (its RSS minus the resident part of its guest-RAM mapping, read from
+/proc/PID/smaps 0.5 s after the marker, as ours is).
 
     python bench/boot.py [--vcpus 2] [--mem-mib 256] [--peer qemu]
 """
@@ -71,8 +73,23 @@ def boot_ours(kernel: str, initrd: str, vcpus: int, mem_mib: int, timeout: float
             "phases": stats["phases"]}
 
 
+def qemu_rss_kib(pid: int, mem_mib: int) -> tuple[int, int]:
+    """(total RSS, RSS of the guest-RAM mapping) of a QEMU process, in KiB."""
+    total, guest, size = 0, 0, 0
+    for line in open(f"/proc/{pid}/smaps"):
+        key, _, rest = line.partition(":")
+        if key == "Size":
+            size = int(rest.split()[0])
+        elif key == "Rss":
+            rss = int(rest.split()[0])
+            total += rss
+            if mem_mib * 1024 <= size <= (mem_mib + 4) * 1024:   # guest RAM (+ alignment)
+                guest = max(guest, rss)
+    return total, guest
+
+
 def boot_qemu(kernel: str, initrd: str, vcpus: int, mem_mib: int, cmdline: str,
-              timeout: float) -> float | None:
+              timeout: float) -> dict | None:
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
         return None
@@ -83,6 +100,7 @@ def boot_qemu(kernel: str, initrd: str, vcpus: int, mem_mib: int, cmdline: str,
                           "-kernel", kernel, "-initrd", initrd, "-append", cmdline],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     found: list[float] = []
+    seen = threading.Event()
 
     def reader():
         buf = b""
@@ -90,14 +108,19 @@ def boot_qemu(kernel: str, initrd: str, vcpus: int, mem_mib: int, cmdline: str,
             buf = (buf + chunk)[-4096:]
             if MARKER in buf and not found:
                 found.append(time.monotonic() - t0)
-                p.terminate()
+                seen.set()
 
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    t.join(timeout)
+    threading.Thread(target=reader, daemon=True).start()
+    rss = guest = None
+    if seen.wait(timeout):
+        time.sleep(0.5)     # as for ours: a little past the marker
+        try:
+            rss, guest = qemu_rss_kib(p.pid, mem_mib)
+        except OSError:     # the guest already ended (reset) and QEMU with it
+            pass
     p.kill()
     p.wait()
-    return found[0] if found else None
+    return {"run_init": found[0], "rss": rss, "guest_touched": guest} if found else None
 
 
 def main() -> None:
@@ -127,8 +150,16 @@ def main() -> None:
     if a.peer == "qemu":
         from nodesvc.vmm import cmdline
         q = boot_qemu(a.kernel, a.initrd, a.vcpus, a.mem_mib, cmdline.compose(None, []), a.timeout)
-        print(f"  QEMU microvm -> 'Run /init'     {q:8.1f} s   (ratio ours/QEMU {init / q:.2f})"
-              if q and init else "  QEMU peer did not reach 'Run /init' (or is not installed)")
+        if not q or not init:
+            print("  QEMU peer did not reach 'Run /init' (or is not installed: make sysdeps)")
+            return
+        print(f"  QEMU microvm -> 'Run /init'     {q['run_init']:8.1f} s   "
+              f"(ratio ours/QEMU {init / q['run_init']:.2f})")
+        if q["rss"] is not None:
+            qv = q["rss"] - q["guest_touched"]
+            print(f"  QEMU RSS {q['rss'] / 1024:.1f} MiB - guest touched "
+                  f"{q['guest_touched'] / 1024:.1f} MiB = QEMU {qv / 1024:.1f} MiB   "
+                  f"(ratio ours/QEMU {vmm / qv:.2f}x)")
 
 
 if __name__ == "__main__":

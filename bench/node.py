@@ -286,7 +286,8 @@ def report(a, f: dict, base: dict) -> str:
         (f"microVMs created+started, {r['n']} at once (hello guest)",
          f"{r['n'] / r['wall']:.2f}/s wall on {os.cpu_count()} CPUs; "
          f"{vm_per_cpu:.2f} per CPU-second ({r['cpu'] / r['n'] * 1e3:.0f} ms CPU each)",
-         f"Firecracker design figure 5/core/s; in-process MicroVm {base_per_cpu:.1f} "
+         f"published design figure (Firecracker's 5/core/s, not measured in this run); "
+         f"in-process MicroVm {base_per_cpu:.1f} "
          "per CPU-second"),
         (f"GetVm p50 / p99, {a.clients} concurrent clients", lp(f["getN"]),
          f"1 client: {lp(f['get1'])}"),
