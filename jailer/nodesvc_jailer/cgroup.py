@@ -190,6 +190,26 @@ class Cgroup:
             _write(os.path.join(d, "cgroup.procs"), str(pid or os.getpid()))
 
     # -- the end ---------------------------------------------------------------------
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer ended in this cgroup (because of its
+        memory limit): v1 `memory.oom_control`'s oom_kill, v2 `memory.events`'."""
+        if self.version == 1:
+            try:
+                path = os.path.join(self.leaf(self._v1_mount("memory")), "memory.oom_control")
+            except CgroupError:
+                return 0
+        else:
+            path = os.path.join(self.leaf(self._v2_mount()), "memory.events")
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
     def pids(self) -> set[int]:
         return _pids_in(self.existing_dirs())
 

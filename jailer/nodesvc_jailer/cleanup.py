@@ -47,6 +47,23 @@ def fault_syscall(vm_id: str, base_dir: str = DEFAULT_BASE) -> str | None:
     return line.split(" made forbidden syscall ", 1)[1].split(" ", 1)[0]
 
 
+def memory_limit_hit(vm_id: str, base_dir: str = DEFAULT_BASE) -> int | None:
+    """The cgroup memory limit (bytes) if the OOM killer ended a process of this VM's
+    cgroup, else None. Read it before `cleanup` (which removes the cgroup)."""
+    rec = read_record(vm_id, base_dir)
+    if not rec:
+        return None
+    try:
+        group = cg.Cgroup(rec.get("cgroup_version") or 1, vm_id,
+                          rec.get("parent_cgroup", "nodesvc"),
+                          rec.get("mounts_path") or cg.PROC_MOUNTS)
+    except cg.CgroupError:
+        return None
+    if group.oom_kills() <= 0:
+        return None
+    return (rec.get("limits") or {}).get("memory_bytes") or 0
+
+
 def cleanup(vm_id: str, base_dir: str = DEFAULT_BASE, *, uid_state_dir: str | None = None,
             parent_cgroup: str | None = None, cgroup_version: int | None = None,
             mounts_path: str | None = None) -> dict:

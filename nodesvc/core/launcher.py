@@ -228,12 +228,18 @@ class ZygoteLauncher:
         return int(msg["pid"])
 
     def gone(self, vm_id: str) -> str | None:
-        """The VMM is gone: the forbidden syscall that ended it, if any; then remove its
-        jail (cgroup, directory, uid)."""
-        from nodesvc_jailer import fault_syscall
+        """The VMM is gone: the forbidden syscall or the cgroup memory limit that ended
+        it, if either did; then remove its jail (cgroup, directory, uid)."""
+        from nodesvc_jailer import fault_syscall, memory_limit_hit
         name = fault_syscall(vm_id, self.jail.base_dir)
+        limit = None if name else memory_limit_hit(vm_id, self.jail.base_dir)
         self._cleanup(vm_id)
-        return f"VMM killed by seccomp: forbidden syscall {name}" if name else None
+        if name:
+            return f"VMM killed by seccomp: forbidden syscall {name}"
+        if limit is not None:   # the OOM killer's SIGKILL: say which limit it enforced
+            return (f"VMM killed by the cgroup memory limit ({limit >> 20} MiB: guest memory "
+                    f"+ {self.jail.vmm_memory_mib} MiB for the VMM)")
+        return None
 
     def _cleanup(self, vm_id: str) -> None:
         from nodesvc_jailer import cleanup

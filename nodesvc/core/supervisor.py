@@ -257,6 +257,9 @@ class VmmHandle:
             return ExitInfo(False, self.stop_requested, ran)
         if returncode is not None and returncode < 0:
             name = signal.Signals(-returncode).name
+            if returncode == -signal.SIGSYS:    # seccomp's trap could not be reported
+                name += (" (seccomp: a forbidden syscall made while SIGSYS was blocked, as "
+                         "glibc does when creating a thread, so its name was not recorded)")
             return ExitInfo(True, f"VMM process killed by signal {name}", ran)
         tail = _tail(self.paths.stderr)
         if returncode is not None:

@@ -29,7 +29,7 @@ DEFAULT_OUTDIR = GUEST_DIR / "out"
 
 #: Every guest, in a sensible order for `build_all`.
 GUESTS = ("hello", "bootinfo", "smp", "badinsn", "triple", "echo", "ioloop", "idle",
-          "virtio_kick", "hostile")
+          "virtio_kick", "hostile", "poke")
 
 COMMON_SOURCES = ("lib.c", "start.S")
 EXTRA_SOURCES = {"smp": ("trampoline.S",)}
