@@ -47,6 +47,9 @@ class JailConfig:
     vmm_memory_mib: int = 256
     #: threads beyond one per vCPU: event loop, VM waiter, boot watch, console
     extra_pids: int = 12
+    #: CPU bandwidth beyond one CPU per vCPU (the event loop and control thread); None:
+    #: no CPU limit
+    vmm_cpus: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.parent_cgroup is None:
@@ -205,7 +208,8 @@ class ZygoteLauncher:
         j = self.jail
         return {"base_dir": j.base_dir, "uid_state_dir": j.uid_state_dir,
                 "uid_range": list(j.uid_range), "parent_cgroup": j.parent_cgroup,
-                "memory_bytes": (mem + j.vmm_memory_mib) << 20, "cpus": None,
+                "memory_bytes": (mem + j.vmm_memory_mib) << 20,
+                "cpus": None if j.vmm_cpus is None else vcpus + j.vmm_cpus,
                 "pids": vcpus + j.extra_pids, "relocate": relocate}
 
     def _request(self, req: dict, fds: list[int]) -> int:
