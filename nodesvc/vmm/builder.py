@@ -67,6 +67,8 @@ class Builder:
         self.initrd = None
         self.virtio_slots: list[VirtioSlot] = []
         self._boundary: ErrorBoundary | None = None    # of the device being attached
+        #: size -> GuestMemory; a restore maps the snapshot's memory file instead
+        self.memory_factory = GuestMemory
 
     def run(self, *steps: str) -> None:
         """Run the named steps in order (each once), each timed as a phase of the target."""
@@ -97,7 +99,7 @@ class Builder:
 
     def create_memory(self) -> None:
         t = self.t
-        t.memory = GuestMemory(t.config.machine_config.mem_size_mib << 20)
+        t.memory = self.memory_factory(t.config.machine_config.mem_size_mib << 20)
         t.memory.register(t.vm)
 
     def attach_devices(self) -> None:
@@ -194,11 +196,17 @@ class Builder:
     def create_boot_vcpus(self) -> None:
         self.create_vcpus(boot=True)
 
+    def create_restore_vcpus(self) -> None:
+        self.create_vcpus(boot=False)
+
 
 #: step name (also the phase name in MicroVm.phases and the tracing spans) -> method
 STEP_METHODS = {"plugins": "plan_devices", "kvm": "create_vm", "memory": "create_memory",
                 "kernel": "load_kernel", "devices": "attach_devices",
-                "boot-data": "write_boot_data", "vcpus": "create_boot_vcpus"}
+                "boot-data": "write_boot_data", "vcpus": "create_boot_vcpus",
+                "restore-vcpus": "create_restore_vcpus"}
 BOOT_STEPS = ("plugins", "kvm", "memory", "kernel", "devices", "boot-data", "vcpus")
 #: what a restore runs before it loads memory, device and vCPU state from a snapshot
 MACHINE_STEPS = ("plugins", "kvm", "memory", "devices")
+#: a restore: the machine, then vCPUs whose state comes from the snapshot
+RESTORE_STEPS = MACHINE_STEPS + ("restore-vcpus",)

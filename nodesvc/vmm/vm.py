@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from .builder import BOOT_STEPS, Builder
+from .builder import BOOT_STEPS, RESTORE_STEPS, Builder
 from .bus import Bus
 from .capabilities import Console, PowerButton
 from .devices import DeviceManager
@@ -69,6 +69,24 @@ class MicroVm:
         """time.monotonic() of the first KVM_RUN on any vCPU, once there was one."""
         first = [v.stats.first_run_at for v in self._vcpus if v.stats.first_run_at]
         return min(first) if first else None
+
+    def build_from_snapshot(self, memory_factory, load_state) -> None:
+        """A restore: the machine (RESTORE_STEPS: no kernel, no boot data, no boot
+        registers) with guest memory from `memory_factory(size)`, then
+        `load_state(self)` puts the snapshot's vCPU, VM and device state in
+        (nodesvc.vmm.snapshot). `start()` then runs it."""
+        if self.builder is None:
+            self.build(())
+        self.builder.memory_factory = memory_factory
+        try:
+            self.builder.run(*RESTORE_STEPS)
+            t0 = time.monotonic()
+            load_state(self)
+            self._phase("load-state", t0)
+        except BaseException:
+            self.close()
+            raise
+        self._built = True
 
     def build(self, steps: tuple[str, ...] = BOOT_STEPS) -> None:
         """Run the builder's steps not run yet (all of a boot by default; see

@@ -29,10 +29,10 @@ DEFAULT_OUTDIR = GUEST_DIR / "out"
 
 #: Every guest, in a sensible order for `build_all`.
 GUESTS = ("hello", "bootinfo", "smp", "badinsn", "triple", "echo", "ioloop", "idle",
-          "virtio_kick", "hostile", "poke")
+          "virtio_kick", "hostile", "poke", "counter")
 
 COMMON_SOURCES = ("lib.c", "start.S")
-EXTRA_SOURCES = {"smp": ("trampoline.S",)}
+EXTRA_SOURCES = {"smp": ("trampoline.S",), "counter": ("trampoline.S",)}
 HEADERS = ("lib.h", "smp.h")
 LINKER_SCRIPT = "link.ld"
 

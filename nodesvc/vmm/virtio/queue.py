@@ -94,6 +94,33 @@ class Virtqueue:
         self._avail = memory.view(self.avail_ring, 6 + 2 * n)
         self._used = memory.view(self.used_ring, 6 + 8 * n)
 
+    # -- snapshots --------------------------------------------------------------------
+    def save_state(self) -> dict:
+        """What a snapshot keeps (Firecracker's QueueState): set-up and both indices."""
+        return {"max_size": self.max_size, "size": self.size, "ready": self.ready,
+                "desc_table": self.desc_table, "avail_ring": self.avail_ring,
+                "used_ring": self.used_ring, "next_avail": self.next_avail,
+                "next_used": self.next_used, "event_idx": self.event_idx,
+                "signalled_used": self._signalled_used}
+
+    def restore_state(self, state: dict, memory=None) -> None:
+        """Put a saved queue back; with `memory`, a ready queue is activated again on its
+        saved rings and carries on at its saved indices (no reset of next_avail/used)."""
+        if state["max_size"] != self.max_size:
+            raise VirtqueueError(f"saved queue has max size {state['max_size']}, "
+                                 f"this device's has {self.max_size}")
+        self.reset()
+        self.size, self.ready = state["size"], bool(state["ready"])
+        self.desc_table, self.avail_ring = state["desc_table"], state["avail_ring"]
+        self.used_ring = state["used_ring"]
+        if memory is not None and self.ready:
+            problem = self.validate(memory)
+            if problem:
+                raise VirtqueueError(f"saved queue: {problem}")
+            self.activate(memory, bool(state["event_idx"]))
+        self.next_avail, self.next_used = _u16(state["next_avail"]), _u16(state["next_used"])
+        self._signalled_used = state.get("signalled_used")
+
     # -- driver → device ----------------------------------------------------------
     def avail_idx(self) -> int:
         return _U16.unpack_from(self._avail, 2)[0]

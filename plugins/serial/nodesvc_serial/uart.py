@@ -141,6 +141,24 @@ class Uart16550:
             self._irq.trigger()
         return len(taken)
 
+    # --- snapshots ----------------------------------------------------------------------
+
+    _STATE = ("_ier", "_fcr", "_lcr", "_mcr", "_lsr_err", "_msr_delta", "_scr", "_dll", "_dlm",
+              "_thr_pending", "_last_rx", "tx_bytes", "rx_bytes", "rx_dropped", "overruns")
+
+    def save_state(self) -> dict:
+        """Registers and buffered input (Firecracker saves the same for its 8250)."""
+        with self._lock:
+            state = {k.lstrip("_"): getattr(self, k) for k in self._STATE}
+            state["rx"] = list(self._rx)
+        return state
+
+    def restore_state(self, state: dict) -> None:
+        with self._lock:
+            for k in self._STATE:
+                setattr(self, k, type(getattr(self, k))(state[k.lstrip("_")]))
+            self._rx = deque(int(b) & 0xFF for b in state["rx"][:self._rx_size])
+
     # --- internals (lock held) -----------------------------------------------------
 
     def _loopback_tx(self, value: int) -> bool:
