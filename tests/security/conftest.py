@@ -21,7 +21,8 @@ import tempfile
 import pytest
 
 from nodesvc_jailer import cgroup as cg
-from tests.service.conftest import NodeServer, _kill_vmms, guest  # noqa: F401 (fixture)
+from tests.service.conftest import (  # noqa: F401 (fixtures)
+    NodeServer, _kill_vmms, guest, make_server, state_dir)
 
 NS_KINDS = ("mnt", "pid", "ipc", "uts", "net")
 
