@@ -49,9 +49,16 @@ FCNTL_CMDS = (0, 1, 2, 3, 4, 1030)
 # FIONBIO (socket.setblocking), FIOCLEX, FIONREAD
 FD_IOCTLS = (0x5401, 0x5413, 0x5421, 0x5451, 0x541B)
 # TAP set-up done by the VMM on an fd the node opened (TUNSETIFF stays with the node)
-TUN_IOCTLS = (0x400454D0, 0x400454D8)   # TUNSETOFFLOAD, TUNSETVNETHDRSZ
+TUNSETOFFLOAD, TUNSETVNETHDRSZ = 0x400454D0, 0x400454D8
+TUN_IOCTLS = (TUNSETOFFLOAD, TUNSETVNETHDRSZ)
 VCPU_IOCTLS = (kvm.KVM_RUN, kvm.KVM_GET_REGS, kvm.KVM_GET_SREGS, kvm.KVM_TRANSLATE)
 BUILD_IOCTLS = tuple(sorted(set(kvm.TABLE.values())))
+# CreateSnapshot on the paused VM (main thread): the GETs of nodesvc.vmm.snapshot.cpu
+SNAPSHOT_IOCTLS = (kvm.KVM_CHECK_EXTENSION, kvm.KVM_GET_MSR_INDEX_LIST, kvm.KVM_GET_MP_STATE,
+                   kvm.KVM_GET_FPU, kvm.KVM_GET_XSAVE, kvm.KVM_GET_XSAVE2, kvm.KVM_GET_XCRS,
+                   kvm.KVM_GET_DEBUGREGS, kvm.KVM_GET_LAPIC, kvm.KVM_GET_TSC_KHZ,
+                   kvm.KVM_GET_CPUID2, kvm.KVM_GET_MSRS, kvm.KVM_GET_VCPU_EVENTS,
+                   kvm.KVM_GET_PIT2, kvm.KVM_GET_CLOCK, kvm.KVM_GET_IRQCHIP)
 
 # A rule is a tuple of (arg index, op, a[, b]) conditions ANDed; a syscall's rules are ORed;
 # () allows it unconditionally.
@@ -89,7 +96,8 @@ COMMON: dict[str, list[tuple]] = {
 }
 
 DATA_PATH = {n: [ALWAYS] for n in (
-    "pread64", "pwrite64", "preadv", "pwritev", "readv", "writev", "fdatasync", "fsync",
+    "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "readv", "writev",
+    "fdatasync", "fsync",
     "sendmsg", "recvmsg", "sendto", "recvfrom", "eventfd2", "epoll_ctl",
     "timerfd_settime", "timerfd_gettime")}
 
@@ -104,11 +112,14 @@ EVENTS = {n: [ALWAYS] for n in ("epoll_wait", "epoll_pwait", "poll", "ppoll", "t
                                 "epoll_create1", "pipe2")}
 
 RULES: dict[str, dict[str, list[tuple]]] = {
-    "vcpu": {**COMMON, **DATA_PATH, "ioctl": _one_of(1, VCPU_IOCTLS)},
+    # A vCPU thread activates and resets devices (the driver's status write is an MMIO
+    # exit, as in Firecracker): the net device sets the TAP's offloads to what was
+    # negotiated, on a TAP fd the node attached.
+    "vcpu": {**COMMON, **DATA_PATH, "ioctl": _one_of(1, VCPU_IOCTLS + (TUNSETOFFLOAD,))},
     "loop": {**COMMON, **DATA_PATH, **UNIX_SOCKETS, **EVENTS,
              "ioctl": _one_of(1, FD_IOCTLS)},
     "control": {**COMMON, **DATA_PATH, **UNIX_SOCKETS, **EVENTS,
-                "ioctl": _one_of(1, FD_IOCTLS + VCPU_IOCTLS),
+                "ioctl": _one_of(1, FD_IOCTLS + VCPU_IOCTLS + SNAPSHOT_IOCTLS),
                 # helper threads only: a clone without CLONE_THREAD (fork) is refused
                 "clone": [((0, sc.MASKED_EQ, CLONE_THREAD, CLONE_THREAD),)],
                 "tgkill": [((2, sc.EQ, SIGABRT),), ((2, sc.EQ, SIGUSR1),)],

@@ -171,7 +171,8 @@ def test_vcpu_filter_is_the_narrowest():
     for name in ("openat", "socket", "connect", "execve", "clone", "kill", "mount", "ptrace"):
         assert name not in vcpu, name
     assert {c[0][3] for c in vcpu["ioctl"]} == {kvm.KVM_RUN, kvm.KVM_GET_REGS,
-                                                 kvm.KVM_GET_SREGS, kvm.KVM_TRANSLATE}
+                                                 kvm.KVM_GET_SREGS, kvm.KVM_TRANSLATE,
+                                                 seccomp.TUNSETOFFLOAD}   # net activation
     assert not {c[0][3] for c in loop["ioctl"]} & set(kvm.TABLE.values())
     for kind in ("loop", "control"):
         assert seccomp.rules(kind)["socket"] == [((0, 4, 1),)]     # EQ AF_UNIX only

@@ -1,5 +1,6 @@
 """Tiny freestanding guests (tests/guests/*.c) booted by the real VMM on /dev/kvm."""
 
+import os
 import shutil
 
 import pytest
@@ -26,17 +27,33 @@ class TinyRun:
         return self.sink.text().splitlines()
 
 
+@pytest.fixture(scope="session")
+def jail_base(tmp_path_factory):
+    """Where the tiny guests' jails live (root, cgroups and mknod are needed: CI is root)."""
+    if os.geteuid() != 0:
+        pytest.skip("not root: tiny guests run jailed (namespaces, cgroups, mknod)")
+    from nodesvc.vmm import zygote
+    zygote.warm_up()        # what the zygote imports and compiles, once for the session
+    return str(tmp_path_factory.mktemp("jails"))
+
+
 @pytest.fixture
-def run_tiny(tiny_guest):
+def run_tiny(tiny_guest, jail_base):
+    """Boot a tiny guest the way the node does: jailed (nodesvc.testing.jailed)."""
     def run(name, *, vcpus=1, mem_mib=32, boot_args="", timeout=20.0, console_in_fd=None,
             before_run=None, devices=()):
-        sink = CaptureSink()
+        from nodesvc.testing.jailed import JailedVm
         cfg = config_from_flags(kernel=str(tiny_guest(name)), initrd=None, boot_args=boot_args,
                                 vcpus=vcpus, mem_mib=mem_mib)
         cfg.devices.extend(devices)
-        vm = MicroVm(cfg, vm_id=f"tiny-{name}", console_out=sink, console_in_fd=console_in_fd)
-        if before_run is not None:
-            before_run(vm, sink)
-        result = vm.run(timeout=timeout)
-        return TinyRun(vm, result, sink)
+        vm = JailedVm(cfg, jail_base=jail_base, console_in_fd=console_in_fd)
+        vm.start()
+        try:
+            if before_run is not None:
+                before_run(vm, vm.sink)
+            if vm.wait(timeout) is None:
+                vm.stop(f"timeout after {timeout:.1f}s")
+        finally:
+            result = vm.shutdown()
+        return TinyRun(vm, result, vm.sink)
     return run

@@ -69,7 +69,7 @@ def test_hostile_guest_fails_devices_never_the_vm(run_tiny, devices, seed, capfd
     finally:
         stop.set()
     out = r.lines
-    assert "HOSTILE DONE" in out, out[-10:]
+    assert "HOSTILE DONE" in out, (r.result, out[-10:])
     assert r.result.reason is ExitReason.GUEST_RESET, r.result
     assert not [ln for ln in out if ln.startswith("FAIL")], out
     # the guest saw NEEDS_RESET on every device, and the VMM counted each failure

@@ -47,7 +47,8 @@ def validate(config: Mapping[str, Any] | None) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise ConfigError(f"vsock.uds_path: directory {parent} does not exist")
-    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+    # (followed: jailed, the path is a link to the socket the VMM makes in its jail)
+    if os.path.exists(path) and not stat.S_ISSOCK(os.stat(path).st_mode):
         raise ConfigError(f"vsock.uds_path: {path} exists and is not a socket")
     vid = config.get("vsock_id")
     if vid is not None and not isinstance(vid, str):
@@ -61,10 +62,10 @@ class VsockKind(DeviceKind):
 
     @classmethod
     def attach(cls, ctx, config: Mapping[str, Any]) -> VsockDevice:
-        """Listen on `uds_path` and plug the device into a virtio-mmio slot."""
-        validate(config)
+        """Listen on `uds_path` and plug the device into a virtio-mmio slot (the config
+        was validated in the device plan, before any jail)."""
         try:
-            # jailed, the socket's directory is bound into the jail: reach it from there
+            # jailed, the socket lives in the jail's run dir (uds_path links to it)
             dev = VsockDevice(config["guest_cid"], hostfiles.visible_path(config["uds_path"]),
                               ctx.event_loop)
         except OSError as e:
