@@ -121,11 +121,19 @@ class LiveOps:
     async def patch_metadata(self, vm_id: str, text: str) -> str:
         return await self._set_metadata(vm_id, lambda cur: md.patch(cur, text))
 
+    async def _first_metadata(self, e, h) -> None:
+        """Before Start: the VMM's store gets the node's document, so the guest never sees
+        an empty one. Sent as an action, the same way live updates go (no file to hand
+        into the jail); the VMM is READY, so no vCPU runs until it is in."""
+        if e.rec.metadata and h.supports(actions.PutMetadata):
+            await h.call(actions.PutMetadata(json.loads(e.rec.metadata)), timeout=10.0)
+
     async def _set_metadata(self, vm_id: str, change) -> str:
         e = self.entry(vm_id)
         async with e.lock:
             doc = change(e.rec.metadata)
-            # A VMM with the metadata service (issue 10) gets the document at once.
+            # A running VMM gets the whole new document at once (a PATCH too: the node's
+            # copy is the truth, so the VMM's can never drift from it).
             if (e.rec.state in ACTIVE and e.handle is not None
                     and e.handle.supports(actions.PutMetadata)):
                 await self._vmm_op(e, actions.PutMetadata(json.loads(doc)))

@@ -254,6 +254,7 @@ class Node(LiveOps):
                 why = "VMM process did not answer on its control socket"
                 if await h.connect():
                     try:
+                        await self._first_metadata(e, h)    # MMDS: in before the boot
                         res = await h.call(actions.Start(), timeout=60.0,
                                            trace=trace.traceparent)
                         trace.started({"timeline": res.timeline})

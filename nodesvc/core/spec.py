@@ -260,9 +260,12 @@ def _metadata_service(v: Any, ifaces: list[dict]) -> dict | None:
             raise InvalidSpec(f"{f}.network_interfaces", f"no network interface {n!r}")
     addr = _str(d, "ipv4_address", f) or "169.254.169.254"
     try:
-        ipaddress.IPv4Address(addr)
+        ip = ipaddress.IPv4Address(addr)
     except ValueError:
         raise InvalidSpec(f"{f}.ipv4_address", f"not an IPv4 address: {addr!r}") from None
+    if ip not in ipaddress.IPv4Network("169.254.0.0/16"):   # Firecracker's rule
+        raise InvalidSpec(f"{f}.ipv4_address", f"must be a link-local address "
+                                               f"(169.254.0.0/16), got {addr}")
     return {"version": _enum(d, "version", f, MMDS_VERSIONS), "network_interfaces": list(names),
             "ipv4_address": addr}
 

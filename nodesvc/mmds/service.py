@@ -13,6 +13,7 @@ quoted), IMDS text otherwise, and always IMDS with `imds_compat`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -47,6 +48,10 @@ class Mmds:
         self.version = version
         self.imds_compat = imds_compat
         self.stats: Counter[str] = Counter()
+        # The control plane updates from the VMM's control thread while the net devices
+        # answer on the event-loop thread: one lock, held for a store update or for one
+        # request (both bounded by the store's size limit).
+        self.lock = threading.Lock()
 
     @property
     def version(self) -> str:
@@ -60,14 +65,20 @@ class Mmds:
 
     # -- the control plane's side ----------------------------------------------------
     def put(self, doc: Any) -> None:
-        self.store.put(doc)
+        with self.lock:
+            self.store.put(doc)
 
     def patch(self, doc: Any) -> None:
-        self.store.patch(doc)
+        with self.lock:
+            self.store.patch(doc)
 
     # -- the guest's side --------------------------------------------------------------
     def respond(self, raw: bytes) -> http.Response:
         """The response to one framed request (see http.request_length)."""
+        with self.lock:
+            return self._respond(raw)
+
+    def _respond(self, raw: bytes) -> http.Response:
         try:
             req = http.parse(raw)
         except http.HttpError as e:

@@ -387,16 +387,21 @@ class Connection:
         return seq, self.rcv_nxt, flags, payload, None
 
 
-def _isn_generator() -> Callable[[], int]:
+def isn_generator(secret: bytes | None = None) -> Callable[[], int]:
     """Unpredictable initial sequence numbers from one secret drawn at start (RFC 6528's
-    idea: a keyed PRF), so the event loop never asks the kernel for randomness."""
+    idea: a keyed PRF of a counter), so the event loop never asks the kernel for
+    randomness. Several stacks may share one generator (one VMM's interfaces)."""
     import hashlib
     import hmac
     import itertools
     import os
-    secret, counter = os.urandom(32), itertools.count()
+    secret = os.urandom(32) if secret is None else secret
+    counter = itertools.count()
     return lambda: int.from_bytes(
         hmac.new(secret, next(counter).to_bytes(8, "little"), hashlib.sha256).digest()[:4], "little")
+
+
+_isn_generator = isn_generator
 
 
 class TcpHandler:

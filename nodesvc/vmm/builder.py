@@ -112,7 +112,7 @@ class Builder:
             vm_id=t.vm_id, memory=t.memory, pio_bus=t.pio_bus, mmio_bus=t.mmio_bus,
             event_loop=t.loop, irq_line=self.irq_line, console_out=t.console_out,
             request_exit=t.request_exit, add_virtio_device=self.add_virtio_device,
-            rate_limiter=limiter_builder(limiters, t.loop), devices=t.devices)
+            rate_limiter=limiter_builder(limiters, t.loop), devices=t.devices, mmds=t.mmds)
         for p in self.plan:
             # Each device sees the loop through its own error boundary, and so do its
             # rate limiters' timers: whatever the guest makes it do fails only it.

@@ -2,6 +2,7 @@
 
     nodesvc-vmm --config-file vm.json
     nodesvc-vmm --kernel vmlinux --initrd initrd.cpio --boot-args "console=ttyS0" --vcpus 2
+    nodesvc-vmm --config-file vm.json --metadata meta.json     # MMDS's first document
 
 The configuration is fully validated before the VM module is even imported, so a bad
 config exits with status 2 and leaves no KVM state behind. When stdin is a terminal the
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--boot-args", metavar="ARGS", help="guest kernel command line")
     q.add_argument("--vcpus", type=int, metavar="N", help="number of vCPUs (default 1)")
     q.add_argument("--mem-mib", type=int, metavar="MIB", help="guest memory in MiB (default 128)")
+    p.add_argument("--metadata", metavar="FILE",
+                   help="JSON document for the metadata service (MMDS), in the store before "
+                        "the guest boots (Firecracker's --metadata)")
     p.add_argument("--id", default="vm0", help="VM id (letters, digits, '-'; default vm0)")
     p.add_argument("--no-console-input", action="store_true",
                    help="don't forward stdin to the guest console")
@@ -94,6 +98,24 @@ def load_config(args: argparse.Namespace):
                                     args.vcpus, args.mem_mib)
 
 
+def load_metadata(path: str | None):
+    """The --metadata document, checked as the VM's store will take it; raises ConfigError."""
+    if path is None:
+        return None
+    from nodesvc.mmds.store import MmdsError, MmdsStore
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"--metadata: cannot read {path!r}: {e.strerror or e}") from None
+    store = MmdsStore()
+    try:
+        store.put(text)
+    except (MmdsError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--metadata: {path}: {e}") from None
+    return store.document
+
+
 def console_input_fd(fd: int = 0) -> int | None:
     """`fd` if the event loop can watch it. epoll refuses regular files and /dev/null
     (EPERM), so `nodesvc-vmm ... </dev/null` simply runs without console input."""
@@ -139,7 +161,7 @@ def _stop_on_signals(vm) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run_vm(cfg, args: argparse.Namespace) -> int:
+def run_vm(cfg, args: argparse.Namespace, metadata=None) -> int:
     # Imported only now: the config is valid, so creating KVM state is allowed.
     from .console import StdoutSink
     from .vm import MicroVm
@@ -154,6 +176,8 @@ def run_vm(cfg, args: argparse.Namespace) -> int:
             # In raw mode Ctrl-C reaches the guest, so the VMM needs the Ctrl-A x escape.
             vm = MicroVm(cfg, vm_id=args.id, console_out=sink, console_in_fd=stdin_fd,
                          console_escape=is_raw)
+            if metadata is not None:    # before the vCPUs exist, so before the guest boots
+                vm.mmds.mmds.put(metadata)
             with _stop_on_signals(vm):
                 result = vm.run()
     finally:
@@ -176,11 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _VM_ID.fullmatch(args.id):
             raise ConfigError(f"--id: must be 1-64 letters, digits or '-', got {args.id!r}")
         cfg = load_config(args)
+        metadata = load_metadata(args.metadata)
     except ConfigError as e:
         _error(str(e))
         return 2
     try:
-        return run_vm(cfg, args)
+        return run_vm(cfg, args, metadata)
     except ConfigError as e:    # e.g. a device plugin refusing its section
         _error(str(e))
         return 2

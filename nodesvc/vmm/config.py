@@ -60,6 +60,7 @@ class VmConfig:
     boot_source: BootSource
     machine_config: MachineConfig = field(default_factory=MachineConfig)
     devices: list[DeviceSpec] = field(default_factory=list)
+    mmds: Any = None    # nodesvc.mmds.config.MmdsConfig: the mmds-config section, if any
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -181,6 +182,22 @@ def _absent_only(key: str, v: Any, out: dict) -> None:
         refuse_present(f"{key}.{k}", x, feature)
 
 
+def _mmds_config(key: str, v: Any, out: dict) -> None:
+    """Firecracker's mmds-config (nodesvc.mmds.config); the interfaces are checked once
+    every section is read (see parse_config)."""
+    if v is None:
+        return
+    from ..mmds.config import parse as parse_mmds
+    out["mmds"] = parse_mmds(v, key)
+
+
+def _check_mmds_interfaces(out: dict) -> None:
+    if out.get("mmds") is not None:
+        from ..mmds.config import check_interfaces
+        check_interfaces(out["mmds"], (d.config.get("iface_id") for d in out["devices"]
+                                       if d.kind == "virtio-net"), "mmds-config")
+
+
 def _unsupported_list(key: str, v: Any, out: dict) -> None:
     if not isinstance(v, list):
         raise _fail(key, f"must be an array, got {_show(v)}")
@@ -222,7 +239,7 @@ SECTIONS: dict[str, Callable[[str, Any, dict], None]] = {
     "balloon": _absent_only,
     "logger": _absent_only,
     "metrics": _absent_only,
-    "mmds-config": _unsupported,
+    "mmds-config": _mmds_config,
     "cpu-config": _absent_only,
     "memory-hotplug": _absent_only,
 }
@@ -246,7 +263,8 @@ def parse_config(obj: Any, *, host_mem_bytes: int | None = None) -> VmConfig:
     out: dict = {"machine_config": MachineConfig(), "devices": []}
     for key, value in obj.items():
         SECTIONS[key](key, value, out)
-    cfg = VmConfig(out["boot_source"], out["machine_config"], out["devices"])
+    _check_mmds_interfaces(out)
+    cfg = VmConfig(out["boot_source"], out["machine_config"], out["devices"], out.get("mmds"))
     validate(cfg, host_mem_bytes=host_mem_bytes)
     return cfg
 

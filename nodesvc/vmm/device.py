@@ -56,6 +56,8 @@ class DeviceContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("nodesvc.vmm.device"))
     #: the VM's DeviceManager (devices attached so far)
     devices: Any = None
+    #: the VMM's metadata service (nodesvc.mmds.vm.VmMmds): net devices serve it
+    mmds: Any = None
 
     def attached(self, kind: str) -> int:
         """How many devices of `kind` were attached before this one."""

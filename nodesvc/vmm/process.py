@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+from ..mmds.store import InvalidDocument, LimitExceeded, NotInitialized
 from . import actions as A
 from . import control, hostfiles, trace
 from .capabilities import Console, Drive, PowerButton, RateLimited
@@ -77,6 +78,7 @@ class VmmProcess:
             A.Resume: self.resume, A.Stop: self.stop, A.CtrlAltDel: self.ctrl_alt_del,
             A.ConsoleInput: self.console_input, A.FlushMetrics: self.flush_metrics,
             A.UpdateDrive: self.update_drive, A.UpdateRateLimiter: self.update_rate_limiter,
+            A.PutMetadata: self.put_metadata, A.PatchMetadata: self.patch_metadata,
         }
 
     # -- set-up -----------------------------------------------------------------------
@@ -337,6 +339,26 @@ class VmmProcess:
             dev.update_rate_limiter(a.rate_limiter, which)
         except ConfigError as e:    # the device checks the limiter before changing anything
             raise A.BadRequest(f"rate_limiter for {a.device_id!r}: {e}") from None
+        return A.Done()
+
+    # MMDS (issue 10): the store belongs to the VM (MicroVm.mmds, made with its randomness
+    # before any jail); a document put while READY is there before the first instruction.
+    def put_metadata(self, a: A.PutMetadata) -> A.Done:
+        return self._metadata(lambda mmds: mmds.put(a.document))
+
+    def patch_metadata(self, a: A.PatchMetadata) -> A.Done:
+        return self._metadata(lambda mmds: mmds.patch(a.patch))
+
+    def _metadata(self, change) -> A.Done:
+        self._need(control.READY, control.RUNNING, control.PAUSED)
+        if self.vm is None:     # unjailed and not started yet: the VM object holds the store
+            self.vm = self.new_vm()
+        try:
+            change(self.vm.mmds.mmds)   # under the store's lock (the loop thread serves it)
+        except NotInitialized as e:
+            raise A.WrongState(f"{e} (PUT a document before PATCHing it)") from None
+        except (LimitExceeded, InvalidDocument) as e:
+            raise A.BadRequest(str(e)) from None
         return A.Done()
 
     def flush_metrics(self, a: A.FlushMetrics) -> A.Done:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from ..mmds.vm import for_config as mmds_for_config
 from .builder import BOOT_STEPS, RESTORE_STEPS, Builder
 from .bus import Bus
 from .capabilities import Console, PowerButton
@@ -43,6 +44,8 @@ class MicroVm:
         self.phase_times: dict[str, tuple[float, float]] = {}
         self.created_at = time.monotonic()
         self.devices = DeviceManager()
+        # MMDS: the store outlives devices; its randomness is drawn now (before a jail)
+        self.mmds = mmds_for_config(config, vm_id)
         self.boundaries: dict = {}      # DeviceId -> its ErrorBoundary (failure counts)
         self.cmdline = ""
         self.kernel = None

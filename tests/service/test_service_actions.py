@@ -31,7 +31,7 @@ from tests.service.conftest import vm_spec
 pytestmark = pytest.mark.kvm
 LIMITER = {"bandwidth": {"size": 1 << 20, "refill_time_ms": 100}}
 FC_LIMITER = {"bandwidth": {"size": 1 << 20, "refill_time": 100}}
-PLANNED = {"put_metadata", "patch_metadata", "create_snapshot", "restore_snapshot"}
+PLANNED = {"create_snapshot", "restore_snapshot"}
 
 
 def patched_vmm(patch: str):
@@ -87,7 +87,7 @@ def test_typed_actions_against_a_real_vmm(state_dir, guest, tmp_path):
             assert hello["protocol"] == control.PROTOCOL == 2
             assert set(hello["actions"]) == h.actions
             assert A.PROTOCOL_1_ACTIONS <= h.actions and not PLANNED & h.actions
-            assert h.supports(A.UpdateRateLimiter) and not h.supports(A.PutMetadata)
+            assert h.supports(A.UpdateRateLimiter) and h.supports(A.PutMetadata)
 
             st = await h.call(A.Status())
             assert isinstance(st, A.StatusResult)
@@ -103,8 +103,9 @@ def test_typed_actions_against_a_real_vmm(state_dir, guest, tmp_path):
             await n.resume_vm("typed")
 
             # Declared-only actions are refused on this side, never sent.
-            with pytest.raises(A.Unsupported, match="does not implement put_metadata"):
-                await h.call(A.PutMetadata({"a": 1}))
+            with pytest.raises(A.Unsupported, match="does not implement create_snapshot"):
+                await h.call(A.CreateSnapshot("/s", "/m"))
+            assert await h.call(A.PutMetadata({"a": 1})) == A.Done()   # issue 10
             assert await n.put_metadata("typed", '{"a": 1}') == '{"a":1}'
 
             # Every device id the node accepts reaches its device; unknown ones are named.

@@ -111,15 +111,21 @@ def test_create_rejects_missing_spec_and_bad_labels(stub, kernel):
            "labels")
 
 
-def test_metadata_service_is_unimplemented_until_the_mmds_lands(stub, kernel):
-    """A fixed expectation, on purpose: issue 10 (MMDS) turns this into "metadata_service
-    is accepted" when the VMM serves it; until then asking for it is UNIMPLEMENTED."""
+def test_metadata_service_is_accepted(stub, kernel):
+    """Issue 10: the VMM serves MMDS, so metadata_service is accepted (and translated to
+    mmds-config); a bad address is named, and nothing is created for it."""
     spec = spec_with(kernel, network_interfaces=[pb.NetworkInterface(iface_id="eth0",
                                                                      host_dev_name="tap-ns0")])
-    spec.metadata_service.CopyFrom(pb.MetadataServiceConfig(network_interfaces=["eth0"]))
-    expect(C.UNIMPLEMENTED, stub.CreateVm, pb.CreateVmRequest(vm_id="with-mmds", spec=spec),
-           "spec.metadata_service", "not available")
-    expect(C.NOT_FOUND, stub.GetVm, pb.GetVmRequest(vm_id="with-mmds"))   # nothing created
+    spec.metadata_service.CopyFrom(pb.MetadataServiceConfig(
+        network_interfaces=["eth0"], version=pb.MetadataServiceConfig.VERSION_V2))
+    vm = stub.CreateVm(pb.CreateVmRequest(vm_id="with-mmds", spec=spec)).vm
+    assert list(vm.spec.metadata_service.network_interfaces) == ["eth0"]
+    assert vm.spec.metadata_service.version == pb.MetadataServiceConfig.VERSION_V2
+    assert vm.spec.metadata_service.ipv4_address == "169.254.169.254"
+    spec.metadata_service.ipv4_address = "10.0.0.1"
+    expect(C.INVALID_ARGUMENT, stub.CreateVm, pb.CreateVmRequest(vm_id="bad-mmds", spec=spec),
+           "spec.metadata_service.ipv4_address", "169.254.0.0/16")
+    expect(C.NOT_FOUND, stub.GetVm, pb.GetVmRequest(vm_id="bad-mmds"))   # nothing created
 
 
 def test_a_device_kind_without_its_plugin_is_unimplemented(make_server, kernel, monkeypatch):

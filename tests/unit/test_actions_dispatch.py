@@ -13,7 +13,7 @@ from nodesvc.vmm import actions as A
 from nodesvc.vmm import control
 from nodesvc.vmm.process import VmmProcess
 
-PLANNED = {A.PutMetadata, A.PatchMetadata, A.CreateSnapshot, A.RestoreSnapshot}
+PLANNED = {A.CreateSnapshot, A.RestoreSnapshot}
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_an_action_error_keeps_its_kind(proc):
 
 
 def test_declared_but_unimplemented_actions_are_unsupported(proc):
-    for action in (A.PutMetadata({}), A.CreateSnapshot("/s", "/m")):
+    for action in (A.CreateSnapshot("/s", "/m"),):
         r = ask(proc, A.encode_request(action, 9))
         assert r["kind"] == "unsupported" and f"does not implement {action.name}" in r["error"]
 

@@ -20,6 +20,7 @@ from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError, constants as V
 
 from . import constants as C
+from .mmds import MmdsPort
 from .rx import RxPath
 from .tx import TxPath
 
@@ -42,6 +43,8 @@ class NetStats:
     tx_malformed: int = 0      # chain without a header, or longer than 64 KiB
     tx_throttled: int = 0
     tx_filtered: int = 0       # taken by tx_filter before the TAP
+    tx_mmds: int = 0           # guest frames for the MMDS address (never reach the TAP)
+    rx_mmds: int = 0           # frames the MMDS stack gave the guest (also in rx_packets)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -53,7 +56,8 @@ class VirtioNet(VirtioDevice):
 
     def __init__(self, tap, event_loop, *, name: str = "virtio-net", mac: bytes | None = None,
                  mtu: int | None = None, rx_limiter=None, tx_limiter=None,
-                 limiter_factory: Callable[[Mapping[str, Any]], Any] | None = None):
+                 limiter_factory: Callable[[Mapping[str, Any]], Any] | None = None,
+                 mmds_stack: Callable[[], Any] | None = None):
         super().__init__()
         self.tap, self.event_loop, self.name = tap, event_loop, name
         self.mac, self.mtu = mac, mtu
@@ -73,6 +77,9 @@ class VirtioNet(VirtioDevice):
         # (a call_soon chain would run before the loop polls again)
         self._tx_resume = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._tx_resume_polled = False
+        #: the MMDS side (nodesvc_virtio_net.mmds), when this interface serves it;
+        #: `mmds_stack()` makes a fresh nodesvc.mmds.MmdsStack at every activation
+        self.mmds = MmdsPort(self, mmds_stack, event_loop) if mmds_stack is not None else None
 
     # -- virtio device ------------------------------------------------------------------
     def config_bytes(self) -> bytes:
@@ -90,6 +97,8 @@ class VirtioNet(VirtioDevice):
                 offload |= flag
         self.tap.set_offload(offload)  # raising here fails activation visibly
         self.failed = None
+        if self.mmds is not None:
+            self.mmds.start()   # before TX exists: no MMDS frame can slip to the TAP
         self.rx = RxPath(self, queues[C.RX_QUEUE], mergeable=self.acked(C.F_MRG_RXBUF),
                          guest_csum=self.acked(C.F_GUEST_CSUM))
         self.tx = TxPath(self, queues[C.TX_QUEUE])
@@ -119,12 +128,16 @@ class VirtioNet(VirtioDevice):
         if self.rx is not None:
             self.rx.stop()
         self.rx = self.tx = None
+        if self.mmds is not None:
+            self.mmds.stop()
         if self._tx_resume_polled:
             self.event_loop.remove_reader(self._tx_resume)
             self._tx_resume_polled = False
 
     def close(self) -> None:
         self._stop()
+        if self.mmds is not None:
+            self.mmds.close()
         if self._tx_resume >= 0:
             os.close(self._tx_resume)
             self._tx_resume = -1
@@ -139,6 +152,12 @@ class VirtioNet(VirtioDevice):
 
     def on_tx_ready(self) -> None:
         self._run(self.tx)
+
+    def run_rx(self) -> None:
+        """An RX pass now (MMDS answers after a TX pass; the MMDS timer)."""
+        self._run(self.rx)
+
+    on_mmds_timer = run_rx
 
     def resume_tx_later(self) -> None:
         os.eventfd_write(self._tx_resume, 1)

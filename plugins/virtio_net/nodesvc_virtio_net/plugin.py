@@ -52,9 +52,13 @@ def _attach(ctx, config: Mapping[str, Any]) -> VirtioNet:
     try:
         for spec in (cfg.rx_rate_limiter, cfg.tx_rate_limiter):
             limiters.append(ctx.rate_limiter(spec) if spec else None)
+        # the VMM's MMDS (nodesvc.mmds.vm.VmMmds), if mmds-config lists this interface
+        vm_mmds = getattr(ctx, "mmds", None)
+        stacks = vm_mmds.stack_factory(cfg.iface_id) if vm_mmds is not None else None
         dev = VirtioNet(tap, ctx.event_loop, name=f"virtio-net:{cfg.iface_id}",
                         mac=cfg.guest_mac, mtu=cfg.mtu, rx_limiter=limiters[0],
-                        tx_limiter=limiters[1], limiter_factory=ctx.rate_limiter)
+                        tx_limiter=limiters[1], limiter_factory=ctx.rate_limiter,
+                        mmds_stack=stacks)
         dev.iface_id, dev.host_dev_name = cfg.iface_id, cfg.host_dev_name
         dev.transport = ctx.add_virtio_device(dev, dev.name)
     except BaseException:

@@ -1,4 +1,4 @@
-"""RX: frames from the TAP (or injected by the host, e.g. MMDS later) into guest buffers.
+"""RX: frames from the TAP, injected by the host, or from MMDS, into guest buffers.
 
 Zero-copy in the common case: one readv() scatters the TAP frame (vnet header
 included) straight into the guest chain's buffers, followed by a host "bounce"
@@ -58,6 +58,7 @@ class RxPath:
     def process(self) -> None:
         """Move frames to the guest until the TAP is empty, buffers run out, or the limiter says wait."""
         done_before, poll = self.completed, False
+        mmds = self.dev.mmds
         for _ in range(BUDGET):
             if self.pending:
                 if not self._place_spill():
@@ -73,6 +74,12 @@ class RxPath:
             if self.injected:
                 self._open_frame(memoryview(self.injected.popleft()))
                 continue
+            if mmds is not None and self.ring.has_available():
+                frame = mmds.next_frame()       # made only now that a buffer waits
+                if frame is not None:
+                    self.stats.rx_mmds += 1
+                    self._open_frame(memoryview(bytes(VNET_HDR_LEN) + frame))
+                    continue
             chain = self._next_chain(first=True)
             if chain is None:
                 self.stats.rx_no_buffers += 1     # the driver's RX kick resumes us
@@ -85,6 +92,8 @@ class RxPath:
         self._set_polling(poll)
         if self.completed != done_before:
             self.dev.interrupt.signal_used(self.queue)
+        if mmds is not None:    # RX can send only with no frame held and a buffer posted
+            mmds.rearm(not self.pending and self.ring.has_available())
 
     def inject(self, frame: bytes) -> None:
         """Queue a host-made Ethernet frame for the guest, ahead of TAP traffic."""

@@ -4,8 +4,10 @@ The TAP has IFF_VNET_HDR, so the guest's header (checksum/GSO hints) goes
 through untouched and the guest buffers are written in place — no copy. Before
 the TAP, an optional `tx_filter(frame) -> bool` sees the Ethernet frame and
 returns True when it *took* the frame (MMDS will answer its own traffic this
-way); taken frames are not charged to the rate limiter. Runs on the event-loop
-thread only.
+way); taken frames are not charged to the rate limiter. Frames for the MMDS
+address go to the device's MMDS stack (nodesvc_virtio_net.mmds) before the
+limiter is even asked, so they can neither use nor wait for its budget. Runs on
+the event-loop thread only.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class TxPath:
     def process(self) -> None:
         ring, stats, dev = self.ring, self.stats, self.dev
         writev, fd = os.writev, self.fd
-        limiter, tx_filter = dev.tx_limiter, dev.tx_filter
-        used = 0
+        limiter, tx_filter, mmds = dev.tx_limiter, dev.tx_filter, dev.mmds
+        used = mmds_taken = 0
         for _ in range(BUDGET):
             chain = ring.pop()
             if chain is None:
@@ -46,12 +48,17 @@ class TxPath:
                 ring.add_used(head, 0)
                 used += 1
                 continue
+            views = ring.nonempty_views(readable)
+            if mmds is not None and mmds.take(views):
+                mmds_taken += 1
+                ring.add_used(head, 0)
+                used += 1
+                continue
             # one op + the bytes with the header, as Firecracker charges
             if limiter is not None and not consume_op(limiter, nbytes):
                 ring.undo_pop()             # retried on the limiter's wake-up
                 stats.tx_throttled += 1
                 break
-            views = ring.nonempty_views(readable)
             if tx_filter is not None and tx_filter(b"".join(views)[VNET_HDR_LEN:]):
                 replenish_op(limiter, nbytes)
                 stats.tx_filtered += 1
@@ -69,6 +76,9 @@ class TxPath:
                 dev.resume_tx_later()
         if used:
             dev.interrupt.signal_used(self.queue)
+        if mmds_taken:
+            stats.tx_mmds += mmds_taken
+            dev.run_rx()     # the answers (ARP, SYN-ACK, data) go out now
 
     def _write_failed(self, e: OSError) -> None:
         # EAGAIN: the TAP's queue is full (no reader keeping up); EIO: link down;
