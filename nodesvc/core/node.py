@@ -25,6 +25,7 @@ from .errors import (AlreadyExists, InvalidSpec, NotFound, Unsupported, VmmInter
 from .events import CREATED, DELETED, STATE_CHANGED, Event, EventLog
 from .fanout import Fanout, byte_fanout, record_fanout
 from .live import LiveOps
+from .snapshots import SnapshotOps
 from .model import ACTIVE, DELETABLE, STARTABLE, TRANSITIONS, VmmInfo, VmRecord, VmState
 from .store import Store
 from .launcher import ExecLauncher, JailConfig, ZygoteLauncher
@@ -88,7 +89,7 @@ def _shielded(fn):
     return wrapper
 
 
-class Node(LiveOps):
+class Node(LiveOps, SnapshotOps):
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.store = Store(cfg.state_dir)

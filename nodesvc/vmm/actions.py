@@ -15,9 +15,6 @@ naming the field); result decoding is lenient (a newer VMM may add result fields
 exception escaping a handler that is not an `ActionError` is a bug in the VMM and is
 reported as `internal`, whatever its type: a TypeError raised *inside* an action is never
 mistaken for bad arguments.
-
-Declared but not implemented yet (no VMM handler, so never in the hello's action list):
-PutMetadata, PatchMetadata (issue 10), CreateSnapshot, RestoreSnapshot.
 """
 
 from __future__ import annotations
@@ -108,6 +105,14 @@ class CtrlAltDelResult:
 @dataclass(frozen=True)
 class ConsoleInputResult:
     accepted: int = 0       # bytes the console took (the rest was dropped: its FIFO is full)
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    state_bytes: int = 0            # the state file's size
+    memory_bytes: int = 0           # the memory file's (apparent) size
+    memory_written_bytes: int = 0   # non-zero data in it (the rest are holes)
+    seconds: dict = field(default_factory=dict)     # part -> seconds
 
 
 @dataclass(frozen=True)
@@ -213,18 +218,22 @@ class PatchMetadata(Action):
     patch: dict
 
 
-@_action("create_snapshot")
+@_action("create_snapshot", SnapshotResult)
 class CreateSnapshot(Action):
-    """Write the paused VM's state and memory (Firecracker's PUT /snapshot/create)."""
+    """Write the paused VM's state and memory (Firecracker's PUT /snapshot/create). A
+    jailed VMM needs both files handed over with the request (`files`)."""
     snapshot_path: str
     mem_file_path: str
 
 
-@_action("restore_snapshot")
+@_action("restore_snapshot", StartResult)
 class RestoreSnapshot(Action):
-    """Load a VM from a snapshot (Firecracker's PUT /snapshot/load)."""
+    """Instead of `start`: build the VM from a snapshot and run it (`resume`) or leave it
+    paused (Firecracker's PUT /snapshot/load with resume_vm). The VMM's config must be the
+    snapshot's (with a clone's overrides); jailed, both files come with the request."""
     snapshot_path: str
     mem_file_path: str
+    resume: bool = True
 
 
 #: What a protocol-1 VMM (whose hello lists no actions) could do: every action it had.

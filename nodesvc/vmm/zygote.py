@@ -40,6 +40,7 @@ import traceback
 # Everything a VMM may need is imported here, before any jail exists.
 import nodesvc.vmm.builder  # noqa: F401
 import nodesvc.vmm.console  # noqa: F401
+import nodesvc.vmm.snapshot  # noqa: F401  (CreateSnapshot and restores run jailed)
 import nodesvc.vmm.vm  # noqa: F401
 from nodesvc.plugins import PluginManager
 from nodesvc.vmm import hostfiles, trace

@@ -13,3 +13,4 @@ from .format import (SnapshotCorrupt, SnapshotError, SnapshotMismatch,  # noqa: 
                      SnapshotVersionError)
 from .restore import load_state, restore_vm_from  # noqa: F401
 from .save import create_snapshot  # noqa: F401
+from . import files  # noqa: F401  (the jailed VMM imports everything before its jail)

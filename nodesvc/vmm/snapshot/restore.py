@@ -94,6 +94,20 @@ def load_into(vm, state: dict) -> None:
     restore_devices(vm, state["devices"])
 
 
+def restore_into(vm, state: dict, mem_fd: int) -> None:
+    """Build `vm` (a MicroVm made from the snapshot's config, nothing built but maybe its
+    device plan) from a checked snapshot; not started."""
+    mc = vm.config.machine_config
+    if mc.vcpu_count != len(state["vcpus"]) or mc.mem_size_mib << 20 != state["memory"]["size"]:
+        raise SnapshotMismatch(
+            f"the VM is configured with {mc.vcpu_count} vCPUs and {mc.mem_size_mib} MiB; the "
+            f"snapshot has {len(state['vcpus'])} vCPUs and {state['memory']['size'] >> 20} MiB")
+    regions = state["memory"]["regions"]
+    vm.build_from_snapshot(lambda size: FileBackedMemory(size, mem_fd, regions),
+                           lambda v: load_into(v, state))
+    vm.restored_from = {"vm_id": state.get("vm_id"), "created": state.get("created")}
+
+
 def restore_vm_from(state_fd: int, mem_fd: int, *, overrides: dict | None = None,
                     state: dict | None = None, **microvm_kwargs):
     """A new MicroVm from a snapshot, built and loaded, not started (`start()` runs it).
@@ -101,10 +115,6 @@ def restore_vm_from(state_fd: int, mem_fd: int, *, overrides: dict | None = None
     from ..vm import MicroVm
     if state is None:
         state = load_state(state_fd, mem_fd)
-    cfg = config_from_state(state, overrides)
-    regions = state["memory"]["regions"]
-    vm = MicroVm(cfg, **microvm_kwargs)
-    vm.build_from_snapshot(lambda size: FileBackedMemory(size, mem_fd, regions),
-                           lambda v: load_into(v, state))
-    vm.restored_from = {"vm_id": state.get("vm_id"), "created": state.get("created")}
+    vm = MicroVm(config_from_state(state, overrides), **microvm_kwargs)
+    restore_into(vm, state, mem_fd)
     return vm
