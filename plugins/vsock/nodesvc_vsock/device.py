@@ -89,6 +89,25 @@ class VsockDevice(VirtioDevice):
         if self.active:
             self._deliver_events()
 
+    # -- snapshots (nodesvc.vmm.snapshot) -------------------------------------------------
+    def save_state(self) -> dict:
+        """The rx and event buffers taken off their rings and held (they are the guest's:
+        dropping them would shrink its queues for good) and a reset still owed to the
+        driver. Host connections are not saved: after a restore they are gone, and the
+        driver is told so (transport_reset)."""
+        held = lambda q: [[h, [list(b) for b in rd], [list(b) for b in wr]] for h, rd, wr in q]  # noqa: E731
+        return {"guest_cid": self.guest_cid, "rx_held": held(self._rx_bufs),
+                "evt_held": held(self._evt_bufs), "reset_pending": self._reset_event_pending}
+
+    def restore_state(self, state: dict) -> None:
+        """Event-loop thread, after activation on the restored queues."""
+        if state["guest_cid"] != self.guest_cid:
+            raise ValueError(f"snapshot guest_cid {state['guest_cid']} != {self.guest_cid}")
+        chains = lambda saved: collections.deque(  # noqa: E731
+            (h, [tuple(b) for b in rd], [tuple(b) for b in wr]) for h, rd, wr in saved)
+        self._rx_bufs, self._evt_bufs = chains(state["rx_held"]), chains(state["evt_held"])
+        self._reset_event_pending = bool(state["reset_pending"])
+
     # -- queue kicks and host activity ----------------------------------------------------
     def queue_notify(self, index: int) -> None:
         self._catch_up()
