@@ -165,8 +165,9 @@ class GuestBridge:
     SLOT = 2048
     TAP = "geth0"
 
-    def __init__(self, rig: NetRig, ip: str = GUEST_IP, prefix: int = 24, slots: int = 128):
-        self.rig, self.ip = rig, ip
+    def __init__(self, rig: NetRig, ip: str = GUEST_IP, prefix: int = 24, slots: int = 128,
+                 on_start: Callable[[], None] | None = None):
+        self.rig, self.ip, self.on_start = rig, ip, on_start
         self.ns = NetNamespace("vguest")
         self.tx_frames = self.rx_frames = 0
         self.write_errors: list[int] = []
@@ -204,6 +205,8 @@ class GuestBridge:
     # -- the pump ------------------------------------------------------------------------
     def run(self) -> None:
         try:
+            if self.on_start is not None:   # e.g. the VMM loop thread's seccomp filter
+                self.on_start()
             while not self._stop.is_set():
                 self.rig.loop.run_once(0.05)
                 self._reap()
