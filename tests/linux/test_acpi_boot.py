@@ -1,11 +1,11 @@
 """Guests Firecracker users bring: an ACPI-only kernel and a bzImage (two boots).
 
 ACPI-only (guest/out/vmlinux-acpi, like Firecracker's own guest config): no MP-table
-parsing and no `virtio_mmio.device=` support, so every vCPU, the root drive and the NIC
-it finds come from our RSDP/MADT/DSDT. One boot with 2 vCPUs, an ext4 root on virtio-blk
-and a virtio-net TAP in a network namespace: the kernel mounts the root, configures the
-NIC (`ip=`) and answers the host's ping; with no init on the image it then panics and
-resets. bzImage (guest/out/bzImage, the default kernel with an uncompressed payload):
+parsing and no `virtio_mmio.device=` support, so every vCPU and device it finds come from
+our RSDP/MADT/DSDT. One boot with 2 vCPUs, an ext4 root on virtio-blk, a virtio-net TAP in
+a network namespace, vsock and virtio-rng: the kernel mounts the root, configures the NIC
+(`ip=`) and answers the host's ping, and every virtio driver reaches DRIVER_OK; with no
+init on the image it then panics and resets. bzImage (guest/out/bzImage, the default kernel with an uncompressed payload):
 the loader's setup_header path boots it to `Run /init`.
 """
 
@@ -123,6 +123,8 @@ def acpi_boot(kernels, tmp_path_factory):
                         "is_root_device": True, "is_read_only": True}],
             "network-interfaces": [{"iface_id": "eth0", "host_dev_name": TAP,
                                     "guest_mac": GUEST_MAC, "netns": ns.name}],
+            "vsock": {"guest_cid": 3, "uds_path": str(d / "v.sock")},
+            "entropy": {},
         })
         sink = CaptureSink()
         vm = MicroVm(cfg, vm_id="acpi-boot", console_out=sink)
@@ -187,6 +189,15 @@ def test_virtio_net_from_the_dsdt_answers_ping(acpi_boot):
     assert acpi_boot.ping_rtt is not None, "no ICMP echo reply from the guest"
     (net,) = [t for t in acpi_boot.transports if t.device.device_id == V.ID_NET]
     assert net.status & V.S_DRIVER_OK
+
+
+def test_every_virtio_device_is_driven_from_the_dsdt(acpi_boot):
+    """Each virtio-mmio window the DSDT lists was found and started by its Linux driver:
+    DRIVER_OK is the guest's own status write, seen by the VMM."""
+    ids = sorted(t.device.device_id for t in acpi_boot.transports)
+    assert ids == sorted([V.ID_BLOCK, V.ID_NET, V.ID_VSOCK, V.ID_RNG])
+    not_ok = [t.name for t in acpi_boot.transports if not t.status & V.S_DRIVER_OK]
+    assert not not_ok, f"drivers never set DRIVER_OK on {not_ok}"
 
 
 def test_legacy_devices_from_the_dsdt(acpi_boot):
