@@ -42,7 +42,8 @@ ACTIVE = (pb.VM_STATE_STARTING, pb.VM_STATE_RUNNING, pb.VM_STATE_PAUSED, pb.VM_S
 class NodeAgent:
     def __init__(self, *, endpoints: list[str], name: str, advertise: str, state_dir: str,
                  socket_path: str, labels: dict | None = None, ttl: int = 10,
-                 prefix: str = DEFAULT_PREFIX, margin: float | None = None):
+                 prefix: str = DEFAULT_PREFIX, margin: float | None = None,
+                 cgroup_parent: str | None = None):
         self.endpoints, self.name, self.advertise = endpoints, name, advertise
         self.state_dir = os.path.abspath(state_dir)
         self.socket_path, self.labels, self.ttl = socket_path, labels or {}, ttl
@@ -53,7 +54,11 @@ class NodeAgent:
         self.node_rev = 0           # create_revision of our node key (this registration)
         self.deadline = 0.0         # monotonic: the lease lives at least until here
         self.fenced = True          # gate closed until registered
+        self.cgroup_parent = cgroup_parent      # jailed VMMs' cgroups, for the watchdog
         self.kick = asyncio.Event()
+        # Until the first registration attempt ends, leave fleet VMs alone: a restart within
+        # the TTL resumes the lease and keeps them (the watchdog still kills at the deadline).
+        self.tried = asyncio.Event()
         self.watchdog: subprocess.Popen | None = None
         self._enforce_lock = asyncio.Lock()
         self._last_record = b""
@@ -106,8 +111,11 @@ class NodeAgent:
                     await self.register()
                 except EtcdError as e:
                     log.warning("fleet: cannot register %s: %s; retrying", self.name, e)
+                    if self._persisted_lease() == 0 or time.monotonic() > self._old_kill_at():
+                        self.tried.set()    # nothing of ours can still be valid
                     await asyncio.sleep(min(2.0, self.ttl / 3))
                     continue
+                self.tried.set()
                 await self.hold()
         finally:
             for t in tasks:
@@ -142,7 +150,8 @@ class NodeAgent:
         self.deadline = sent + ttl
         # The watchdog kills halfway through the margin: after our own orderly fence, before
         # the lease can be gone in etcd.
-        fence.write_deadline(self.state_dir, self.lease, self.deadline - self.margin / 2)
+        fence.write_deadline(self.state_dir, self.lease, self.deadline - self.margin / 2,
+                             self.cgroup_parent)
         self._ensure_watchdog()
 
     def _ensure_watchdog(self) -> None:
@@ -192,6 +201,10 @@ class NodeAgent:
         log.info("fleet: registered %s (lease %x, ttl %ds)", self.name, lease, ttl)
         self.kick.set()
 
+    def _old_kill_at(self) -> float:
+        d = fence.read_deadline(self.state_dir)
+        return d[1] if d else 0.0
+
     def _persisted_lease(self) -> int:
         try:
             with open(self._lease_file()) as f:
@@ -209,18 +222,22 @@ class NodeAgent:
             fence_at = self.deadline - self.margin
             if now >= fence_at:
                 return await self.fence_now("no keep-alive acknowledged in time")
+            # Short attempts, retried at once: while etcd elects a new leader, a renewal
+            # forwarded to the dead one is simply dropped.
+            wait = interval
             try:
                 sent, ttl = await self.etcd.keepalive(
-                    self.lease, timeout=max(0.05, min(interval, fence_at - now)))
+                    self.lease, timeout=max(0.05, min(interval, 1.0, fence_at - now)))
                 if ttl <= 0:
                     return await self.fence_now("etcd says the lease is gone")
                 self._arm(sent, ttl)
             except EtcdError as e:
                 log.warning("fleet: keep-alive failed: %s", e)
+                wait = 0.05
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + 5
                 await self._refresh_record()
-            wait = min(interval, self.deadline - self.margin - time.monotonic())
+            wait = min(wait, self.deadline - self.margin - time.monotonic())
             await asyncio.sleep(max(0.0, wait))
 
     async def _refresh_record(self) -> None:
@@ -318,6 +335,7 @@ class NodeAgent:
                                         [op_delete(kv.key)], retries=2)
 
     async def _enforcer(self) -> None:
+        await self.tried.wait()
         while True:
             try:
                 await asyncio.wait_for(self.kick.wait(), 1.0)
@@ -340,6 +358,12 @@ class NodeAgent:
                 await asyncio.sleep(0.2)
 
 
+def _jail_cgroup(cfg) -> str | None:
+    from ..core.launcher import JailConfig
+    jail = cfg.jail or JailConfig(os.path.join(cfg.state_dir, "jail"))
+    return jail.parent_cgroup
+
+
 async def run_with(serve, cfg, opts, args) -> None:
     """`nodesvc serve` with fleet registration: the gate goes into the node's spawn path,
     the agent runs beside the server and never outlives it."""
@@ -354,7 +378,8 @@ async def run_with(serve, cfg, opts, args) -> None:
                       name=args.node_name or socket.gethostname(),
                       advertise=args.advertise or f"unix://{socket_path}",
                       state_dir=cfg.state_dir, socket_path=socket_path, labels=labels,
-                      ttl=args.fleet_lease_ttl, prefix=args.fleet_prefix)
+                      ttl=args.fleet_lease_ttl, prefix=args.fleet_prefix,
+                      cgroup_parent=None if cfg.no_jail else _jail_cgroup(cfg))
     cfg.start_gate = agent.start_gate
     task = asyncio.create_task(agent.run(), name="fleet-agent")
     try:

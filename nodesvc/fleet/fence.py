@@ -34,20 +34,22 @@ def fence_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "fleet")
 
 
-def write_deadline(state_dir: str, lease: int, kill_at: float) -> None:
-    """Atomic replace (no fsync: after a host crash nothing runs that could need fencing)."""
+def write_deadline(state_dir: str, lease: int, kill_at: float,
+                   cgroup_parent: str | None = None) -> None:
+    """Atomic replace (no fsync: after a host crash nothing runs that could need fencing).
+    cgroup_parent: where jailed VMMs' cgroups live (each VM's is <parent>/<vm id>)."""
     d = fence_dir(state_dir)
     tmp = os.path.join(d, ".fence.json.tmp")
     with open(tmp, "w") as f:
-        json.dump({"lease": lease, "kill_at": kill_at}, f)
+        json.dump({"lease": lease, "kill_at": kill_at, "cgroup_parent": cgroup_parent}, f)
     os.replace(tmp, os.path.join(d, "fence.json"))
 
 
-def read_deadline(state_dir: str) -> tuple[int, float] | None:
+def read_deadline(state_dir: str) -> tuple[int, float, str | None] | None:
     try:
         with open(os.path.join(fence_dir(state_dir), "fence.json")) as f:
             d = json.load(f)
-        return int(d["lease"]), float(d["kill_at"])
+        return int(d["lease"]), float(d["kill_at"]), d.get("cgroup_parent")
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -82,12 +84,32 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
-def fleet_vmm_pids(state_dir: str) -> list[int]:
+def _cgroup_pids(vm_ids: list[str], parent: str) -> set[int]:
+    """Processes in jailed VMs' cgroups: a jailed VMM joins its cgroup before it runs any
+    guest code, so this covers one launched a moment before its record was written."""
+    try:
+        from nodesvc_jailer import cgroup as cg
+        version = cg.detect_version()
+    except Exception:       # no jailer installed, no cgroup mount: records and cmdlines
+        return set()
+    out = set()
+    for vm_id in vm_ids:
+        try:
+            out |= cg.Cgroup(version, vm_id, parent).pids()
+        except Exception:
+            continue
+    return out
+
+
+def fleet_vmm_pids(state_dir: str, cgroup_parent: str | None = None) -> list[int]:
     """The fleet VMs' VMM processes: by the pid in their record (checked against its start
-    time, so a reused pid is never hit), and unjailed ones also by a command line naming
-    their run dir (covers a VMM launched a moment before its record was written)."""
+    time, so a reused pid is never hit); unjailed ones also by a command line naming their
+    run dir, jailed ones by their cgroup (both cover a VMM launched a moment before its
+    record was written)."""
     recs = _fleet_records(state_dir)
     pids = set()
+    if cgroup_parent and recs:
+        pids |= _cgroup_pids([r["id"] for r in recs], cgroup_parent)
     for rec in recs:
         vmm = rec.get("vmm") or {}
         pid = vmm.get("pid")
@@ -107,9 +129,9 @@ def fleet_vmm_pids(state_dir: str) -> list[int]:
     return sorted(pids)
 
 
-def kill_fleet_vmms(state_dir: str) -> list[int]:
+def kill_fleet_vmms(state_dir: str, cgroup_parent: str | None = None) -> list[int]:
     killed = []
-    for pid in fleet_vmm_pids(state_dir):
+    for pid in fleet_vmm_pids(state_dir, cgroup_parent):
         try:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -165,10 +187,11 @@ def run(state_dir: str) -> int:
         now = time.monotonic()
         expired = d is None or now >= d[1]
         if d is not None and expired:
-            killed = kill_fleet_vmms(state_dir)
+            killed = kill_fleet_vmms(state_dir, d[2])
             if killed:
                 log.warning("lease %x may have expired: killed fleet VMMs %s", d[0], killed)
-        if expired and not _node_service_running(state_dir) and not fleet_vmm_pids(state_dir):
+        if expired and not _node_service_running(state_dir) and not fleet_vmm_pids(
+                state_dir, d[2] if d else None):
             # Nothing to guard; linger a moment so a restarting node service can take over.
             idle_since = idle_since or now
             if now - idle_since > 2.0:

@@ -143,9 +143,12 @@ class Fleet:
                 return conf
         raise FleetError(f"node {name}: too many concurrent changes")
 
-    async def watch(self) -> AsyncIterator[tuple[str, str, str, bytes]]:
-        """(kind, name, 'put'|'delete', value) for every fleet change from now on."""
+    async def watch(self, on_start=None) -> AsyncIterator[tuple[str, str, str, bytes]]:
+        """(kind, name, 'put'|'delete', value) for every fleet change from now on;
+        on_start(revision) once the starting point is fixed."""
         _, rev = await self.etcd.range(self.keys.leader)
+        if on_start:
+            on_start(rev)
         async for evs in self.etcd.watch(self.keys.prefix, rev + 1):
             for ev in evs:
                 kind, name = self.keys.split(ev.kv.key)

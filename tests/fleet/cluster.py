@@ -135,15 +135,20 @@ class EtcdCluster:
 def node_vmm_pids(state_dir: str) -> dict[int, str]:
     """{pid: vm id} of the VMMs under this node's state dir, from the process table alone
     (works while the node service is frozen or dead)."""
-    from nodesvc.fleet.fence import _start_time
+    from nodesvc.core.launcher import JailConfig
+    from nodesvc.fleet.fence import _cgroup_pids, _start_time
     out = {}
     vm_dir = os.path.join(state_dir, "vms")
+    parent = JailConfig(os.path.join(state_dir, "jail")).parent_cgroup
     for name in os.listdir(vm_dir) if os.path.isdir(vm_dir) else []:
         try:
             with open(os.path.join(vm_dir, name)) as f:
                 rec = json.load(f)
         except (OSError, ValueError):
             continue
+        for pid in _cgroup_pids([rec["id"]], parent):     # jailed VMMs
+            if _start_time(pid) is not None:
+                out[pid] = rec["id"]
         vmm = rec.get("vmm") or {}
         if vmm.get("pid") and _start_time(vmm["pid"]) == vmm.get("start_time"):
             out[vmm["pid"]] = rec["id"]

@@ -9,11 +9,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from .cluster import wait_for
-from .conftest import TTL
+from .conftest import CONTROLLER_TTL, TTL
 
 pytestmark = pytest.mark.kvm
 #: Failover bound beyond the lease TTL: noticing the expiry, a placement transaction, a
@@ -89,16 +90,23 @@ def test_nodectl_fleet(fleet, tmp_path):
                              "spec": {"machine": {"vcpus": 1, "memory_mib": 32},
                                       "boot": {"kernel_path": fleet.kernel}}}))
     watch = subprocess.Popen([sys.executable, "-m", "nodesvc_client.cli", "fleet", "--etcd",
-                              ",".join(fleet.etcd.endpoints), "watch", "-n", "3"],
-                             stdout=subprocess.PIPE, text=True)
+                              ",".join(fleet.etcd.endpoints), "watch"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[list[str]] = []
+    reader = threading.Thread(target=lambda: [lines.append(x.split()[1:]) for x in
+                                              watch.stdout], daemon=True)
     try:
+        assert watch.stderr.readline().startswith("# watching /nodesvc/fleet/ after revision")
+        reader.start()
         assert "cli-1: created" in nodectl(fleet, "create", "-f", str(f), "--anti-affinity",
                                            "app")
         fleet.wait_running(["cli-1"], timeout=60)
-        out, _ = watch.communicate(timeout=30)
+        # Other VMs may be moving meanwhile: look for cli-1's own events, in order.
+        wait_for(lambda: [x[:3] for x in lines if x[2:3] == ["cli-1"]][:2] == [
+            ["vms", "put", "cli-1"], ["assign", "put", "cli-1"]], 10, "cli-1's watch events")
     finally:
         watch.kill()
-    assert "vms      put    cli-1" in out and "assign   put    cli-1 node=n" in out
+        watch.wait()
     got = json.loads(nodectl(fleet, "get", "cli-1", "-o", "json"))
     assert got["desired"]["placement"] == {"node_selector": {"zone": "a"},
                                            "anti_affinity": ["app"]}
@@ -143,7 +151,7 @@ def test_kill_leading_controller_another_leads_and_converges(fleet):
     try:
         fleet.create("after-leader-1", {"app": "y"})
         fleet.create("after-leader-2", {"app": "y"})
-        vs = fleet.wait_running(["after-leader-1", "after-leader-2"], timeout=TTL + 60)
+        vs = fleet.wait_running(["after-leader-1", "after-leader-2"], timeout=CONTROLLER_TTL + 60)
         new = fleet.leader()
         assert new is not None and new != leader
         # Nothing was duplicated: every VM is on exactly one node, once.

@@ -203,7 +203,9 @@ async def _drain(f, args):
 
 async def _watch(f, args):
     n = 0
-    async for kind, name, op, value in f.watch():
+    def started(rev):
+        print(f"# watching {f.keys.prefix} after revision {rev}", file=sys.stderr, flush=True)
+    async for kind, name, op, value in f.watch(started):
         detail = ""
         if op == "put" and value:
             try:
