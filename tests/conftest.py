@@ -28,3 +28,13 @@ def guest_kernel():
     if not (vmlinux.exists() and initramfs.exists()):
         subprocess.run(["bash", str(ROOT / "guest" / "build.sh")], check=True)
     return vmlinux, initramfs
+
+
+@pytest.fixture(scope="session")
+def jail_base(tmp_path_factory):
+    """Where test VMs' jails live (tiny guests and Linux boots run jailed, as the node runs them; (root, cgroups and mknod are needed: CI is root)."""
+    if os.geteuid() != 0:
+        pytest.skip("not root: tiny guests run jailed (namespaces, cgroups, mknod)")
+    from nodesvc.vmm import zygote
+    zygote.warm_up()        # what the zygote imports and compiles, once for the session
+    return str(tmp_path_factory.mktemp("jails"))

@@ -29,6 +29,7 @@ For exec mode (`nodesvc-jailer -- cmd`), `ro_binds` puts read-only host paths in
 from __future__ import annotations
 
 import json
+import linecache
 import os
 import re
 import resource
@@ -146,6 +147,10 @@ class Jail:
             seccomp.install("vmm")
         if self.import_guard:
             sys.meta_path.insert(0, ImportGuard())
+        # A traceback printed in here must not try to read source files (the filters
+        # forbid open() on most threads, and nothing is on disk anyway).
+        linecache.checkcache = lambda *args, **kwargs: None
+        linecache.updatecache = lambda *args, **kwargs: []
 
     def _rlimits(self) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))

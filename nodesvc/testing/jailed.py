@@ -116,6 +116,16 @@ class JailedVm:
 
     # -- the jail -----------------------------------------------------------------------------
     @property
+    def run_dir(self) -> str:
+        """The jail's run dir on the host (the VMM sees it as /run)."""
+        return os.path.join(self.jail_base, self.vm_id, "root", "run")
+
+    def guest_vsock_path(self, port: int) -> str:
+        """Where a guest-initiated vsock connection to `port` lands: a host listener goes
+        here, connectable by the VM's uid (the jailed VMM reaches nothing else)."""
+        return os.path.join(self.run_dir, f"{os.path.basename(VSOCK_IN_JAIL)}_{port}")
+
+    @property
     def jail_args(self) -> dict:
         digest = hashlib.sha256(os.path.abspath(self.jail_base).encode()).hexdigest()[:10]
         return {"base_dir": self.jail_base, "uid_state_dir": os.path.join(self.jail_base,

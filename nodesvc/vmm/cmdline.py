@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 #: Used when the config gives no boot_args (Firecracker's default, plus the serial console).
@@ -22,7 +23,10 @@ PVM_WORKAROUNDS = f"noxsave nopti clearcpuid={_CLEAR_CPUID}"
 PVM_MARKER = "/sys/module/kvm_pvm"
 
 
+@functools.cache
 def host_is_nested_pvm() -> bool:
+    """Asked once per process, before any jail: a jailed VMM sees no /sys (the zygote
+    asks while warming up, and its forks inherit the answer)."""
     return os.path.exists(PVM_MARKER)
 
 

@@ -29,6 +29,7 @@ JSON reply: {"pid": <host pid of the VMM>} or {"error": "..."}.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ import nodesvc.vmm.snapshot  # noqa: F401  (CreateSnapshot and restores run jail
 import nodesvc.vmm.vm  # noqa: F401
 from nodesvc.plugins import PluginManager
 from nodesvc.vmm import hostfiles, trace
+from nodesvc.vmm.cmdline import host_is_nested_pvm
 from nodesvc.vmm.config import parse_config
 from nodesvc.vmm.control import bind_unix
 from nodesvc.vmm.errors import ConfigError
@@ -62,7 +64,13 @@ def warm_up() -> PluginManager:
     plugins.device_registry()
     plugins.rate_limiter_registry()
     seccomp.precompile()
+    host_is_nested_pvm()    # /sys is not in the jail: the answer is cached for the forks
     import encodings.idna  # noqa: F401  (socket paths and names may need it)
+    # Everything imported so far lives as long as the zygote: move it out of the
+    # collector's reach, so a child's collections never write to (and so copy) the
+    # pages it shares with the zygote: less unique memory per VMM, fewer COW faults.
+    gc.collect()
+    gc.freeze()
     return plugins
 
 

@@ -1,13 +1,10 @@
 """Tiny freestanding guests (tests/guests/*.c) booted by the real VMM on /dev/kvm."""
 
-import os
 import shutil
 
 import pytest
 
 from nodesvc.vmm.config import config_from_flags
-from nodesvc.vmm.console import CaptureSink
-from nodesvc.vmm.vm import MicroVm
 
 
 @pytest.fixture(scope="session")
@@ -25,16 +22,6 @@ class TinyRun:
     @property
     def lines(self):
         return self.sink.text().splitlines()
-
-
-@pytest.fixture(scope="session")
-def jail_base(tmp_path_factory):
-    """Where the tiny guests' jails live (root, cgroups and mknod are needed: CI is root)."""
-    if os.geteuid() != 0:
-        pytest.skip("not root: tiny guests run jailed (namespaces, cgroups, mknod)")
-    from nodesvc.vmm import zygote
-    zygote.warm_up()        # what the zygote imports and compiles, once for the session
-    return str(tmp_path_factory.mktemp("jails"))
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ import pytest
 from nodesvc.net.netns import NetNamespace, delete_link
 from nodesvc.vmm import cmdline as cmdline_mod
 from nodesvc.vmm.config import DeviceSpec, load_config_file
+from nodesvc.testing.jailed import JailedVm
 from nodesvc.vmm.console import CaptureSink
 from nodesvc.vmm.exits import ExitReason, VmExit
-from nodesvc.vmm.vm import MicroVm
 
 from tests.linux.agent_host import (HostSide, crc32_hex, icmp_ping, parse_results, tcp_echo,
                                     udp_echo, unix_echo, vsock_host_connect)
@@ -69,7 +69,7 @@ def _missing() -> str | None:
 
 @dataclass
 class AgentBoot:
-    vm: MicroVm
+    vm: JailedVm
     text: str             # the whole console output
     exit: VmExit
     elapsed: float
@@ -126,7 +126,7 @@ def agent_kernel(guest_kernel):
 
 
 @pytest.fixture(scope="module")
-def agent_boot(agent_kernel, tmp_path_factory):
+def agent_boot(agent_kernel, tmp_path_factory, jail_base):
     missing = _missing()
     if missing:
         pytest.skip(missing)
@@ -180,14 +180,20 @@ def agent_boot(agent_kernel, tmp_path_factory):
 
         servers["udp"] = udp_echo(ns.socket, UDP_PORT)
         servers["tcp"] = tcp_echo(ns.socket, TCP_PORT)
-        servers["vsock"] = unix_echo(f"{uds}_{VSOCK_PORT}")
-        sink = CaptureSink()
-        vm = MicroVm(cfg, vm_id="agent-boot", console_out=sink)
+        # jailed, as the node runs it: the guest's own vsock connections land in its jail's
+        # run dir, at a listener the VM's unprivileged uid may connect to
+        vm = JailedVm(cfg, vm_id="agent-boot", jail_base=jail_base)
+        sink = vm.sink
+        t0 = time.monotonic()
+        vm.start()
+        servers["vsock"] = unix_echo(vm.guest_vsock_path(VSOCK_PORT))
+        os.chmod(vm.guest_vsock_path(VSOCK_PORT), 0o666)
         helper = threading.Thread(target=_host_thread, args=(sink, ns, uds, host, stop),
                                   name="agent-host", daemon=True)
         helper.start()
-        t0 = time.monotonic()
-        result = vm.run(timeout=BOOT_BUDGET)
+        if vm.wait(BOOT_BUDGET) is None:
+            vm.stop(f"timeout after {BOOT_BUDGET}s")
+        result = vm.shutdown()
         elapsed = time.monotonic() - t0
         stop.set()
         helper.join(30)

@@ -5,10 +5,9 @@ import time
 
 import pytest
 
+from nodesvc.testing.jailed import JailedVm
 from nodesvc.vmm.config import config_from_flags
-from nodesvc.vmm.console import CaptureSink
 from nodesvc.vmm.exits import ExitReason
-from nodesvc.vmm.vm import MicroVm
 
 pytestmark = [pytest.mark.kvm, pytest.mark.linux]
 
@@ -17,14 +16,13 @@ BOOT_BUDGET = 300
 
 
 @pytest.fixture(scope="module")
-def linux_boot(guest_kernel):
+def linux_boot(guest_kernel, jail_base):
     vmlinux, initramfs = guest_kernel
-    sink = CaptureSink()
-    vm = MicroVm(config_from_flags(kernel=str(vmlinux), initrd=str(initramfs), vcpus=2,
-                                   mem_mib=256), vm_id="linux-boot", console_out=sink)
+    vm = JailedVm(config_from_flags(kernel=str(vmlinux), initrd=str(initramfs), vcpus=2,
+                                    mem_mib=256), vm_id="linux-boot", jail_base=jail_base)
     t0 = time.monotonic()
     result = vm.run(timeout=BOOT_BUDGET)
-    return vm, sink.text(), result, time.monotonic() - t0
+    return vm, vm.sink.text(), result, time.monotonic() - t0
 
 
 def test_kernel_banner_and_command_line(linux_boot):

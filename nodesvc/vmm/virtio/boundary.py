@@ -19,6 +19,7 @@ neither the VMM's memory nor its log.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Callable
 
@@ -104,27 +105,44 @@ class ErrorBoundary:
 
 class DeviceLoop:
     """One device's view of the VM's event loop: the same loop, with every callback the
-    device registers run inside its ErrorBoundary."""
+    device registers run inside its ErrorBoundary.
+
+    Suspension races with the device's own calls (a failure on the loop thread, a driver
+    reset on a vCPU thread), so one lock orders them and `_live` tracks exactly which fds
+    are in the loop's epoll set."""
 
     def __init__(self, loop, boundary: ErrorBoundary):
         self._loop, self.boundary = loop, boundary
         self._readers: dict[int, Callable[[int], None]] = {}
+        self._live: set[int] = set()
         self._suspended = False
+        self._lock = threading.Lock()
         boundary._loops.append(self)
 
     def add_reader(self, fd: int, callback: Callable[[int], None]) -> None:
         """Like the loop's; adding an fd again replaces its callback."""
-        known = fd in self._readers
-        self._readers[fd] = callback
-        if not known and not self._suspended:
-            self._loop.add_reader(fd, self._wrap(fd))
+        with self._lock:
+            self._readers[fd] = callback
+            if not self._suspended:
+                self._register(fd)
 
     def remove_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
-            self._loop.remove_reader(fd)
+        with self._lock:
+            self._readers.pop(fd, None)
+            self._unregister(fd)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         self._loop.call_soon(lambda: None if self._suspended else self.boundary.guard(fn))
+
+    def _register(self, fd: int) -> None:
+        if fd not in self._live:
+            self._loop.add_reader(fd, self._wrap(fd))
+            self._live.add(fd)
+
+    def _unregister(self, fd: int) -> None:
+        if fd in self._live:
+            self._live.discard(fd)
+            self._loop.remove_reader(fd)
 
     def _wrap(self, fd: int) -> Callable[[int], None]:
         def run(events: int) -> None:
@@ -134,15 +152,17 @@ class DeviceLoop:
         return run
 
     def suspend(self) -> None:
-        self._suspended = True
-        for fd in list(self._readers):
-            self._loop.remove_reader(fd)
+        with self._lock:
+            self._suspended = True
+            for fd in list(self._live):
+                self._unregister(fd)
 
     def resume(self) -> None:
-        if self._suspended:
-            self._suspended = False
-            for fd in list(self._readers):
-                self._loop.add_reader(fd, self._wrap(fd))
+        with self._lock:
+            if self._suspended:
+                self._suspended = False
+                for fd in list(self._readers):
+                    self._register(fd)
 
     def __getattr__(self, name):     # anything else (start, stop, run_once...) is the loop's
         return getattr(self._loop, name)
