@@ -3,10 +3,14 @@ figures: docs/benchmarks.md, "Node service").
 
     python bench/node.py [-n 20] [--vms 20] [--rss-vms 50] [--clients 100] [--subscribers 10]
 
-CreateVm+StartVm → first guest instruction (and where the time goes), microVMs created and
-started per second and per CPU-second, GetVm p50/p99 with 100 concurrent clients (tracing
-off and on), console stream throughput to 10 subscribers, node service RSS with 0 and 50
-VMs. Hosts are noisy: read medians and ratios.
+Side by side, jailed VMMs (the default: forked by the zygote, then jailed), unjailed ones
+(`--no-jail`: a fresh `python -m nodesvc.vmm.process` per VM) and the in-process `MicroVm`
+build: CreateVm+StartVm → first guest instruction (and where the time goes, the jail
+included), microVMs created and started per second and per CPU-second, an idle VMM's
+memory (USS, PSS, RSS from /proc/<pid>/smaps_rollup) and the node service's RSS with 50
+VMs. Then, on the jailed node: GetVm p50/p99 with 100 concurrent clients (tracing off and
+on) and console stream throughput to 10 subscribers. Hosts are noisy: read medians and
+ratios.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Server:
     def __init__(self, *extra: str):
         self.dir = tempfile.mkdtemp(prefix="nbench-", dir="/tmp")
         self.sock = os.path.join(self.dir, "s.sock")
+        self.jailed = "--no-jail" not in extra
         cmd = [sys.executable, "-m", "nodesvc.server.main", "serve", "--state-dir", self.dir,
                "--socket", self.sock, "--log-level", "warning", "--vmm-metrics-interval", "0",
                "--cpu-overcommit", "100", *extra]
@@ -78,17 +83,53 @@ class Server:
         await asyncio.wait_for(ch.channel_ready(), 30)
         return ch
 
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(20)
-        marker = os.fsencode(os.path.join(self.dir, "run") + "/")
+    def run_dir(self, vm_id: str) -> str:
+        if self.jailed:     # inside the jail's root, where the VMM sees it as /run
+            return os.path.join(self.dir, "jail", vm_id, "root", "run")
+        return os.path.join(self.dir, "run", vm_id)
+
+    def _procs(self, marker: bytes) -> list[int]:
+        out = []
         for d in filter(str.isdigit, os.listdir("/proc")):
             try:
                 if marker in Path(f"/proc/{d}/cmdline").read_bytes():
-                    os.kill(int(d), signal.SIGKILL)
+                    out.append(int(d))
             except OSError:
                 pass
+        return out
+
+    def zygote(self) -> int | None:
+        """The zygote's pid (jailed mode); its CPU is part of what a VM costs."""
+        z = [p for p in self._procs(os.fsencode(os.path.join(self.dir, "zygote.sock")))
+             if b"nodesvc.vmm.zygote" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        return min(z) if z else None
+
+    def cpu(self) -> float:
+        """CPU seconds of the node service, its reaped VMMs, and the zygote (jailed)."""
+        z = self.zygote()
+        return cpu_s(self.proc.pid) + (cpu_s(z) if z else 0.0)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(20)
+        # unjailed VMMs name their run dir; jailed ones (and the zygote) the zygote socket
+        for m in (os.path.join(self.dir, "run") + "/", os.path.join(self.dir, "zygote.sock")):
+            for pid in self._procs(os.fsencode(m)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def smaps_mib(pid: int) -> dict[str, float]:
+    """USS (private clean + dirty), PSS and RSS of a process, in MiB."""
+    kb = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        k, _, v = line.partition(":")
+        kb[k] = int(v.split()[0])
+    return {"uss": (kb["Private_Clean"] + kb["Private_Dirty"]) / 1024,
+            "pss": kb["Pss"] / 1024, "rss": kb["Rss"] / 1024}
 
 
 async def control_status(run_dir: str) -> dict:
@@ -109,7 +150,7 @@ async def start_latency(srv: Server, stub, echo: str, n: int) -> dict:
         await stub.CreateVm(pb.CreateVmRequest(vm_id=vm_id, spec=spec(echo, "idle=60000")))
         await stub.StartVm(pb.StartVmRequest(vm_id=vm_id), timeout=60)
         t_rpc = time.time_ns()
-        st = await control_status(os.path.join(srv.dir, "run", vm_id))
+        st = await control_status(srv.run_dir(vm_id))
         await stub.StopVm(pb.StopVmRequest(vm_id=vm_id, force=True), timeout=20)
         await stub.DeleteVm(pb.DeleteVmRequest(vm_id=vm_id))
         if i == 0:
@@ -145,7 +186,7 @@ def spawn_pass() -> float:
 
 # -- 2. creates per second -------------------------------------------------------------------
 async def create_rate(srv: Server, stub, hello: str, n: int) -> dict:
-    cpu0 = cpu_s(srv.proc.pid)
+    cpu0 = srv.cpu()
     t0 = time.monotonic()
     await asyncio.gather(*(stub.CreateVm(pb.CreateVmRequest(
         vm_id=f"rate-{i}", spec=spec(hello, ""), start=True), timeout=120) for i in range(n)))
@@ -155,7 +196,7 @@ async def create_rate(srv: Server, stub, hello: str, n: int) -> dict:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)
-    cpu = cpu_s(srv.proc.pid) - cpu0
+    cpu = srv.cpu() - cpu0
     for i in range(n):
         await stub.DeleteVm(pb.DeleteVmRequest(vm_id=f"rate-{i}"))
     return {"wall": wall, "cpu": cpu, "n": n}
@@ -213,31 +254,50 @@ async def console_fanout(srv: Server, ioloop: str, subscribers: int, count: int)
             "bytes": min(g[0] for g in got), "dropped": sum(g[1] for g in got)}
 
 
-# -- 5. RSS ----------------------------------------------------------------------------------
-async def rss_with_vms(srv: Server, stub, echo: str, n: int) -> float:
+# -- 5. memory ------------------------------------------------------------------------------
+async def memory_with_vms(srv: Server, stub, idle: str, n: int) -> dict:
+    """n idle VMs (the guest halts: no CPU): the node service's RSS, and each VMM's USS,
+    PSS and RSS (median). The VMs go when the server's state dir is removed."""
+    pids = []
     for i in range(n):
-        await stub.CreateVm(pb.CreateVmRequest(vm_id=f"rss-{i}", spec=spec(
-            echo, "idle=600000", memory_mib=16), start=True), timeout=120)
-        await stub.PauseVm(pb.PauseVmRequest(vm_id=f"rss-{i}"))
+        vm = (await stub.CreateVm(pb.CreateVmRequest(vm_id=f"rss-{i}", spec=spec(
+            idle, "", memory_mib=16), start=True), timeout=120)).vm
+        pids.append(vm.vmm_pid)
     await asyncio.sleep(1.0)
-    return rss_mib(srv.proc.pid)     # the VMs go when the server's state dir is removed
+    per = [smaps_mib(p) for p in pids]
+    return {"node": rss_mib(srv.proc.pid),
+            **{k: statistics.median(m[k] for m in per) for k in ("uss", "pss", "rss")}}
+
+
+async def mode_figures(srv: Server, a, g) -> dict:
+    """What depends on how a VMM is started (jailed or not)."""
+    f: dict = {}
+    ch = await srv.channel()
+    stub = pb_grpc.NodeServiceStub(ch)
+    await asyncio.sleep(0.5)
+    f["rss0"] = rss_mib(srv.proc.pid)
+    f["lat"] = await start_latency(srv, stub, g["echo"], a.n)
+    f["rate"] = await create_rate(srv, stub, g["hello"], a.vms)
+    f["mem"] = await memory_with_vms(srv, stub, g["idle"], a.rss_vms)
+    await ch.close()
+    return f
 
 
 async def node_figures(a, g) -> dict:
     f: dict = {}
-    srv = Server()
+    for mode, extra in (("unjailed", ("--no-jail",)), ("jailed", ())):
+        srv = Server(*extra)
+        try:
+            f[mode] = await mode_figures(srv, a, g)
+        finally:
+            srv.close()
+    srv = Server()      # jailed, fresh: the service figures without 50 VMs around
     try:
         ch = await srv.channel()
-        stub = pb_grpc.NodeServiceStub(ch)
-        await asyncio.sleep(0.5)
-        f["rss0"] = rss_mib(srv.proc.pid)
-        f["lat"] = await start_latency(srv, stub, g["echo"], a.n)
-        f["rate"] = await create_rate(srv, stub, g["hello"], a.vms)
         f["get1"] = await getvm_latency(srv, g["echo"], 1, 2000)
         f["getN"] = await getvm_latency(srv, g["echo"], a.clients, 100)
         f["con1"] = await console_fanout(srv, g["ioloop"], 1, a.console_bytes)
         f["conN"] = await console_fanout(srv, g["ioloop"], a.subscribers, a.console_bytes)
-        f["rss_n"] = await rss_with_vms(srv, stub, g["echo"], a.rss_vms)
         await ch.close()
     finally:
         srv.close()
@@ -265,30 +325,65 @@ print(s.add_insecure_port("127.0.0.1:0"), flush=True); s.start(); s.wait_for_ter
 """
 
 
+PHASES = ("spawn", "config", "plugins", "jail", "handshake", "imports", "kvm", "memory",
+          "kernel", "devices", "boot_data", "vcpus", "first_run")
+
+
 def report(a, f: dict, base: dict) -> str:
-    lat, r = f["lat"], f["rate"]
-    vm_per_cpu, base_per_cpu = r["n"] / r["cpu"], 1 / statistics.median(base["cpu"])
-    ph = lat["phases"]
-    order = [n for n in ("spawn", "config", "handshake", "imports", "plugins", "kvm", "memory",
-                         "kernel", "devices", "boot_data", "vcpus", "first_run")
-             if f"vmm.{n}" in ph]
+    J, U = f["jailed"], f["unjailed"]
+    base_lat, base_cpu = statistics.median(base["lat"]), statistics.median(base["cpu"])
     c1, cN = f["con1"], f["conN"]
+
+    def first(m):
+        x = m["lat"]["first_insn"]
+        return f"{ms(statistics.median(x))} / {ms(pct(x, 99))}"
+
+    def per_cpu(m):
+        r = m["rate"]
+        return f"{r['n'] / r['cpu']:.1f} ({r['cpu'] / r['n'] * 1e3:.0f} ms CPU each)"
+
+    def mem(m):
+        x = m["mem"]
+        return f"{x['uss']:.1f} / {x['pss']:.1f} / {x['rss']:.1f} MiB"
 
     def lp(d: dict) -> str:
         return (f"{ms(d['p50'])} / {ms(d['p99'])} ({d['rps']:.0f} req/s, "
                 f"{d['cpu_us']:.0f} µs server CPU each)")
+    jail_ms = J["lat"]["phases"].get("vmm.jail")
+    ratio = statistics.median(J["lat"]["first_insn"]) / base_lat
     rows = [
-        ("CreateVm+StartVm → first guest instruction (median / p99, n=%d)" % a.n,
-         f"{ms(statistics.median(lat['first_insn']))} / {ms(pct(lat['first_insn'], 99))}",
-         f"in-process MicroVm build → first KVM_RUN {ms(statistics.median(base['lat']))}; "
-         f"`python -c pass` {ms(statistics.median(base['pass']))}"),
-        ("… until the StartVm reply is back (median)", ms(statistics.median(lat["rpc"])), ""),
-        (f"microVMs created+started, {r['n']} at once (hello guest)",
-         f"{r['n'] / r['wall']:.2f}/s wall on {os.cpu_count()} CPUs; "
-         f"{vm_per_cpu:.2f} per CPU-second ({r['cpu'] / r['n'] * 1e3:.0f} ms CPU each)",
-         f"published design figure (Firecracker's 5/core/s, not measured in this run); "
-         f"in-process MicroVm {base_per_cpu:.1f} "
-         "per CPU-second"),
+        (f"CreateVm+StartVm → first guest instruction (median / p99, n={a.n})", first(J),
+         first(U), f"{ms(base_lat)} (build → first KVM_RUN); `python -c pass` "
+         f"{ms(statistics.median(base['pass']))}"),
+        ("… as a multiple of the in-process build (target ≤ 2.5×)", f"{ratio:.1f}×",
+         f"{statistics.median(U['lat']['first_insn']) / base_lat:.1f}×", "1×"),
+        ("… until the StartVm reply is back (median)", ms(statistics.median(J["lat"]["rpc"])),
+         ms(statistics.median(U["lat"]["rpc"])), ""),
+        ("what the jail adds: the `vmm.jail` span (median; target ≤ 5 ms)",
+         ms(jail_ms) if jail_ms is not None else "—", "—", "—"),
+        (f"microVMs created+started per CPU-second, {a.vms} at once (hello guest; target ≥ 25)",
+         per_cpu(J), per_cpu(U), f"{1 / base_cpu:.1f}"),
+        ("… per second, wall", f"{J['rate']['n'] / J['rate']['wall']:.1f}/s",
+         f"{U['rate']['n'] / U['rate']['wall']:.1f}/s", ""),
+        (f"idle VMM memory USS / PSS / RSS (median of {a.rss_vms} idle VMs, 16 MiB; "
+         "target USS ≤ 6 MiB)", mem(J), mem(U), "—"),
+        (f"node service RSS, 0 → {a.rss_vms} VMs",
+         f"{J['rss0']:.1f} → {J['mem']['node']:.1f} MiB",
+         f"{U['rss0']:.1f} → {U['mem']['node']:.1f} MiB", ""),
+    ]
+    out = [f"| figure | jailed (default) | unjailed (`--no-jail`) | in-process MicroVm |",
+           "|---|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["", "Where CreateVm+StartVm time goes (median; spawn counted from CreateVm):", ""]
+    names = [n for n in PHASES if f"vmm.{n}" in J["lat"]["phases"]
+             or f"vmm.{n}" in U["lat"]["phases"]]
+    out += ["| mode | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, m in (("jailed", J), ("unjailed", U)):
+        ph = m["lat"]["phases"]
+        out.append(f"| {label} | " + " | ".join(ms(ph[f"vmm.{n}"]) if f"vmm.{n}" in ph else "—"
+                                                for n in names) + " |")
+    out += ["", "| figure (jailed node) | node service | baseline (same run) |", "|---|---|---|"]
+    rows = [
         (f"GetVm p50 / p99, {a.clients} concurrent clients", lp(f["getN"]),
          f"1 client: {lp(f['get1'])}"),
         ("… with tracing on (OTLP exporter, to a collector that drops the spans)",
@@ -298,15 +393,8 @@ def report(a, f: dict, base: dict) -> str:
          f"{cN['dropped']} B dropped",
          f"1 subscriber {c1['per_sub'] / 1e3:.1f} kB/s; same guest in-process "
          f"{base['console'] / 1e3:.1f} kB/s (guest-bound: one PIO exit per byte)"),
-        ("node service RSS, 0 VMs → %d VMs" % a.rss_vms,
-         f"{f['rss0']:.1f} MiB → {f['rss_n']:.1f} MiB",
-         f"{(f['rss_n'] - f['rss0']) * 1024 / a.rss_vms:.0f} KiB per VM"),
     ]
-    out = ["| figure | node service | baseline (same run) |", "|---|---|---|"]
     out += [f"| {a_} | {b_} | {c_} |" for a_, b_, c_ in rows]
-    out += ["", "Where CreateVm+StartVm time goes (median; spawn counted from CreateVm):", "",
-            "| " + " | ".join(order) + " |", "|" + "---|" * len(order),
-            "| " + " | ".join(ms(ph[f"vmm.{n}"]) for n in order) + " |"]
     return "\n".join(out)
 
 
@@ -319,7 +407,7 @@ def main() -> int:
     p.add_argument("--subscribers", type=int, default=10)
     p.add_argument("--console-bytes", type=int, default=50000)
     a = p.parse_args()
-    g = {k: str(build_guest(k)) for k in ("echo", "hello", "ioloop")}
+    g = {k: str(build_guest(k)) for k in ("echo", "hello", "ioloop", "idle")}
     runs = [inprocess(g["hello"]) for _ in range(a.n + 1)][1:]     # the first one warms up
     base = {"pass": [spawn_pass() for _ in range(a.n)], "lat": [r[0] for r in runs],
             "cpu": [r[1] for r in runs],
