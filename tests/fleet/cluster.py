@@ -231,8 +231,9 @@ class FleetNode:
 
 
 class Controller:
-    def __init__(self, ident: str, etcd: EtcdCluster, ttl: int = 3, log_dir: str = "/tmp"):
-        self.ident, self.etcd, self.ttl = ident, etcd, ttl
+    def __init__(self, ident: str, etcd: EtcdCluster, ttl: int = 3, log_dir: str = "/tmp",
+                 extra: tuple = ()):
+        self.ident, self.etcd, self.ttl, self.extra = ident, etcd, ttl, list(extra)
         self.log_path = os.path.join(log_dir, f"controller-{ident}.log")
         self.proc: subprocess.Popen | None = None
 
@@ -240,7 +241,8 @@ class Controller:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nodesvc.fleet", "controller", "--etcd",
-             ",".join(self.etcd.endpoints), "--id", self.ident, "--lease-ttl", str(self.ttl)],
+             ",".join(self.etcd.endpoints), "--id", self.ident, "--lease-ttl", str(self.ttl),
+             *self.extra],
             cwd=ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         return self
