@@ -32,6 +32,18 @@ def register_devices(registry: DeviceRegistry) -> None:
     """
 
 
+def device_hook(*kinds):
+    """The `register_devices` hook of a plugin that only registers DeviceKinds:
+
+        register_devices = device_hook(MyDevKind)
+    """
+    @hookimpl
+    def register_devices(registry: DeviceRegistry) -> None:
+        for k in kinds:
+            registry.add(k.kind, k)
+    return register_devices
+
+
 @hookspec
 def register_rate_limiters(registry: RateLimiterRegistry) -> None:
     """Register rate-limiter kinds: `registry.add(kind, factory)`.

@@ -129,6 +129,13 @@ class Builder:
         are wired to ioeventfds now, at attach, not when the guest starts the device
         (no KVM_IOEVENTFD is issued from a vCPU thread, so its seccomp filter need
         not allow it)."""
+        try:
+            return self._add_virtio_device(device, name)
+        except BaseException:
+            device.close()      # the device's fds: it never became the VM's to close
+            raise
+
+    def _add_virtio_device(self, device, name: str) -> VirtioMmioTransport:
         t, n = self.t, len(self.virtio_slots)
         if n >= VIRTIO_MAX_DEVICES:
             raise ConfigError(f"too many virtio devices (at most {VIRTIO_MAX_DEVICES})")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from nodesvc.plugins import hookimpl
+from nodesvc.plugins import device_hook
 from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 
@@ -41,7 +41,4 @@ class BootTimerKind(DeviceKind):
 
 attach = BootTimerKind.attach
 
-
-@hookimpl
-def register_devices(registry) -> None:
-    registry.add(KIND, BootTimerKind)
+register_devices = device_hook(BootTimerKind)

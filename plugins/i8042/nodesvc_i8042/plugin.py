@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from nodesvc.plugins import hookimpl
+from nodesvc.plugins import device_hook
 from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.exits import ExitReason, VmExit
 
@@ -36,7 +36,4 @@ class I8042Kind(DeviceKind):
 
 attach = I8042Kind.attach
 
-
-@hookimpl
-def register_devices(registry) -> None:
-    registry.add(I8042Kind.kind, I8042Kind)
+register_devices = device_hook(I8042Kind)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from nodesvc.plugins import hookimpl
+from nodesvc.plugins import device_hook
 from nodesvc.vmm.device import DeviceKind
 
 from .uart import Uart16550
@@ -40,7 +40,4 @@ class Serial(DeviceKind):
 
 attach = Serial.attach
 
-
-@hookimpl
-def register_devices(registry) -> None:
-    registry.add(Serial.kind, Serial)
+register_devices = device_hook(Serial)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from nodesvc.plugins import hookimpl
+from nodesvc.plugins import device_hook
 from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import parse_limiter_config
@@ -63,11 +63,7 @@ class VirtioBlkKind(DeviceKind):
                                 drive.drive_id)
         dev = VirtioBlock(drive, limiter=limiter, limiter_builder=ctx.rate_limiter,
                           event_loop=ctx.event_loop)
-        try:
-            dev.transport = ctx.add_virtio_device(dev, f"virtio-blk:{drive.drive_id}")
-        except BaseException:
-            dev.close()
-            raise
+        dev.transport = ctx.add_virtio_device(dev, f"virtio-blk:{drive.drive_id}")
         dev.disk_name = disk_name(ctx.attached(KIND))
         if drive.is_root_device:
             root = f"PARTUUID={drive.partuuid}" if drive.partuuid else f"/dev/{dev.disk_name}"
@@ -77,7 +73,4 @@ class VirtioBlkKind(DeviceKind):
 
 attach = VirtioBlkKind.attach
 
-
-@hookimpl
-def register_devices(registry) -> None:
-    registry.add(KIND, VirtioBlkKind)
+register_devices = device_hook(VirtioBlkKind)

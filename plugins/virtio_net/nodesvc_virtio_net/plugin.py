@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from nodesvc.net.tap import open_tap
-from nodesvc.plugins import hookimpl
+from nodesvc.plugins import device_hook
 from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 
@@ -59,20 +59,18 @@ def _attach(ctx, config: Mapping[str, Any]) -> VirtioNet:
                         mac=cfg.guest_mac, mtu=cfg.mtu, rx_limiter=limiters[0],
                         tx_limiter=limiters[1], limiter_factory=ctx.rate_limiter,
                         mmds_stack=stacks)
-        dev.iface_id, dev.host_dev_name = cfg.iface_id, cfg.host_dev_name
-        dev.transport = ctx.add_virtio_device(dev, dev.name)
     except BaseException:
         for limiter in limiters:
             if limiter is not None:
                 limiter.close()
         tap.close()
         raise
+    # from here the device owns the TAP and limiters (the builder closes it on failure)
+    dev.iface_id, dev.host_dev_name = cfg.iface_id, cfg.host_dev_name
+    dev.transport = ctx.add_virtio_device(dev, dev.name)
     return dev
 
 
 attach = VirtioNetKind.attach
 
-
-@hookimpl
-def register_devices(registry) -> None:
-    registry.add(KIND, VirtioNetKind)
+register_devices = device_hook(VirtioNetKind)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from nodesvc.plugins import hookimpl
+from nodesvc.plugins import device_hook
 from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import parse_limiter_config
@@ -49,17 +49,10 @@ class VirtioRngKind(DeviceKind):
                 ctx.log.warning("entropy: rate_limiter given but no limiter was built")
         dev = VirtioRng(limiter=limiter, limiter_builder=ctx.rate_limiter,
                         event_loop=ctx.event_loop)
-        try:
-            dev.transport = ctx.add_virtio_device(dev, KIND)
-        except BaseException:
-            dev.close()
-            raise
+        dev.transport = ctx.add_virtio_device(dev, KIND)
         return dev
 
 
 attach = VirtioRngKind.attach
 
-
-@hookimpl
-def register_devices(registry) -> None:
-    registry.add(KIND, VirtioRngKind)
+register_devices = device_hook(VirtioRngKind)

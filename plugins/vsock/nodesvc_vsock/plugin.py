@@ -7,7 +7,7 @@ import os
 import stat
 from typing import Any, Mapping
 
-from nodesvc.plugins import hookimpl
+from nodesvc.plugins import device_hook
 from nodesvc.vmm import hostfiles
 from nodesvc.vmm.device import DeviceKind
 from nodesvc.vmm.errors import ConfigError
@@ -71,17 +71,10 @@ class VsockKind(DeviceKind):
         except OSError as e:
             raise ConfigError(f"vsock.uds_path: cannot listen on {config['uds_path']}: "
                               f"{e.strerror or e}") from None
-        try:
-            dev.transport = ctx.add_virtio_device(dev, config.get("vsock_id") or KIND)
-        except BaseException:
-            dev.close()
-            raise
+        dev.transport = ctx.add_virtio_device(dev, config.get("vsock_id") or KIND)
         return dev
 
 
 attach = VsockKind.attach
 
-
-@hookimpl
-def register_devices(registry) -> None:
-    registry.add(KIND, VsockKind)
+register_devices = device_hook(VsockKind)
