@@ -344,7 +344,10 @@ class NodeAgent:
             self.kick.clear()
             try:
                 await self.enforce()
-            except (EtcdError, grpc.aio.AioRpcError) as e:
+            except grpc.aio.AioRpcError as e:   # UNAVAILABLE: the server is shutting down
+                (log.debug if e.code() == grpc.StatusCode.UNAVAILABLE else log.warning)(
+                    "fleet: enforcement: %s: %s", e.code().name, e.details())
+            except EtcdError as e:
                 log.warning("fleet: enforcement: %s", e)
 
     async def _follow_node(self) -> None:

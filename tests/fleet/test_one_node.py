@@ -1,5 +1,6 @@
-"""The controller drives a node over TCP with mutual TLS (the node's --listen with
---tls-*; the controller's --node-tls-*): a one-member etcd, one node, one controller."""
+"""One etcd member, one node service, one controller: the controller drives the node over
+TCP with mutual TLS (the node's --listen with --tls-*, the controller's --node-tls-*); a
+node service restarted within its lease keeps its VMs."""
 
 from __future__ import annotations
 
@@ -86,6 +87,52 @@ def test_controller_drives_a_node_over_mtls(tmp_path):
                        "RUNNING" and v, 60, "tls-vm RUNNING")
         assert got.node == "tls-1"
         assert asyncio.run(run(lambda f: f.nodes()))[0].record.endpoint == f"127.0.0.1:{port}"
+    finally:
+        if ctl:
+            ctl.kill()
+        if node:
+            node.stop()
+        etcd.stop()
+
+
+def test_node_restart_within_its_lease_keeps_its_vms(tmp_path):
+    """VMs outlive the node service; in a fleet the restarted service resumes its lease
+    (<state-dir>/fleet/lease.json), so nothing is fenced or moved."""
+    if not shutil.which("etcd") or not shutil.which("etcdctl"):
+        pytest.skip("etcd is not installed (Debian etcd-server)")
+    if os.geteuid() != 0 or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("needs root and /dev/kvm")
+    if not shutil.which(os.environ.get("GUEST_CC") or "gcc"):
+        pytest.skip("gcc is not installed: cannot build the tiny guests")
+    import signal
+    from tests.guests.build import build_guest
+    kernel = str(build_guest("idle"))
+    etcd = EtcdCluster(size=1).start()
+    node = ctl = None
+
+    def run(fn):
+        async def go():
+            async with Fleet(etcd.endpoints) as f:
+                return await fn(f)
+        return asyncio.run(go())
+    try:
+        # A long lease, so the restart surely fits in it on a loaded host.
+        node = FleetNode("r1", etcd, memory_mib=256, labels={}, ttl=20).start()
+        ctl = Controller("ctl", etcd, log_dir=str(tmp_path)).start()
+        wait_for(lambda: any(n.record for n in run(lambda f: f.nodes())), 30, "registered")
+        run(lambda f: f.create("keep-1", tiny_spec(kernel)))
+        before = wait_for(lambda: (v := run(lambda f: f.get("keep-1"))).state == "RUNNING"
+                          and v, 60, "keep-1 RUNNING")
+        lease = run(lambda f: f.nodes())[0].record.lease
+        pids = node.vmm_pids()
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(20) == 0
+        node.start()
+        wait_for(lambda: "resumed lease" in node.log_text(), 30, "the lease resumed")
+        assert run(lambda f: f.nodes())[0].record.lease == lease
+        after = run(lambda f: f.get("keep-1"))
+        assert (after.node, after.status.assignment) == (before.node, before.status.assignment)
+        assert node.vmm_pids() == pids      # the same VMM, re-adopted
     finally:
         if ctl:
             ctl.kill()
