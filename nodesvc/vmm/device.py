@@ -75,6 +75,8 @@ class DeviceKind:
     and must raise `ConfigError` (one line naming the key) on bad input.
     """
     kind: str = ""
+    #: the config key holding the device's id (drive_id, iface_id); None: one per VM
+    id_key: str | None = None
 
     @classmethod
     def validate(cls, config: Mapping[str, Any]) -> None:
@@ -82,8 +84,8 @@ class DeviceKind:
 
     @classmethod
     def device_id(cls, config: Mapping[str, Any]) -> str:
-        """The device's stable id within its kind (the default: the kind; one per VM)."""
-        return cls.kind
+        """The device's stable id within its kind: `config[id_key]`, else the kind."""
+        return config[cls.id_key] if cls.id_key else cls.kind
 
     @classmethod
     def arrange(cls, configs: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

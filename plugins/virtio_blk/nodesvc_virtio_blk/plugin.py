@@ -36,12 +36,8 @@ def disk_name(index: int) -> str:
 
 
 class VirtioBlkKind(DeviceKind):
-    kind = KIND
+    kind, id_key = KIND, "drive_id"
     validate = staticmethod(validate)
-
-    @classmethod
-    def device_id(cls, config) -> str:
-        return config["drive_id"]
 
     @classmethod
     def arrange(cls, configs):

@@ -27,12 +27,8 @@ def validate(config: Mapping[str, Any]) -> None:
 
 class VirtioNetKind(DeviceKind):
     """One device per interface, id = iface_id."""
-    kind = KIND
+    kind, id_key = KIND, "iface_id"
     validate = staticmethod(validate)
-
-    @classmethod
-    def device_id(cls, config) -> str:
-        return config["iface_id"]
 
     @classmethod
     def attach(cls, ctx, config: Mapping[str, Any]) -> VirtioNet:
