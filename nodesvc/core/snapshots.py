@@ -78,14 +78,16 @@ class SnapshotOps:
                                                 os.path.join(d, MEM_FILE))
         return meta
 
-    def list_snapshots(self) -> list[dict]:
+    def list_snapshots(self, source_vm: str | None = None) -> list[dict]:
         root = os.path.join(self.cfg.state_dir, "snapshots")
         out = []
         for name in sorted(os.listdir(root)) if os.path.isdir(root) else ():
             try:
-                out.append(self.get_snapshot(name))
+                meta = self.get_snapshot(name)
             except (NotFound, InvalidSpec, ValueError):
                 continue    # a snapshot being written (no meta.json yet) or a stray dir
+            if not source_vm or meta.get("source_vm") == source_vm:
+                out.append(meta)
         return out
 
     def delete_snapshot(self, snapshot_id: str) -> None:
@@ -94,16 +96,19 @@ class SnapshotOps:
         shutil.rmtree(d, ignore_errors=True)
 
     # -- create -------------------------------------------------------------------------------
-    async def create_snapshot(self, vm_id: str, snapshot_id: str, resume: bool = True) -> dict:
-        """Pause (if running) → save → resume if it was running and `resume`."""
-        d = self._snapshot_dir(snapshot_id)
+    async def create_snapshot(self, vm_id: str, snapshot_id: str | None = None,
+                              resume: bool = True, *, pause: bool = True) -> dict:
+        """Pause (if running and `pause`) → save → resume if this call paused it and
+        `resume`. Without `pause` a RUNNING VM is refused, as Firecracker's snapshot/create
+        refuses a running VM. No `snapshot_id`: "<vm_id>-<UTC yyyymmdd-hhmmss>"."""
+        d = self._snapshot_dir(snapshot_id) if snapshot_id else None
         e = self.entry(vm_id)
         async with e.lock:
             self._need(e, {S.RUNNING, S.PAUSED}, "snapshot")
-            try:
-                os.makedirs(d)
-            except FileExistsError:
-                raise AlreadyExists(f"snapshot {snapshot_id!r} already exists") from None
+            if e.rec.state is S.RUNNING and not pause:
+                raise WrongState(f"cannot snapshot VM {vm_id}: it is RUNNING; pause it first "
+                                 "(or ask for it to be paused for the save)")
+            snapshot_id, d = self._new_snapshot_dir(vm_id, snapshot_id, d)
             was_running = e.rec.state is S.RUNNING
             fds = {}
             try:
@@ -135,6 +140,26 @@ class SnapshotOps:
                 json.dump(meta, f)
             os.replace(tmp, os.path.join(d, META_FILE))
             return self.get_snapshot(snapshot_id)
+
+    def _new_snapshot_dir(self, vm_id: str, snapshot_id: str | None, d: str | None):
+        """Create the snapshot's directory: (id, path). A named one that exists is an error;
+        a generated name gets a ".N" suffix instead."""
+        if snapshot_id:
+            try:
+                os.makedirs(d)
+            except FileExistsError:
+                raise AlreadyExists(f"snapshot {snapshot_id!r} already exists") from None
+            return snapshot_id, d
+        base = f"{vm_id[:40]}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        for n in range(1, 1000):
+            sid = base if n == 1 else f"{base}.{n}"
+            d = self._snapshot_dir(sid)
+            try:
+                os.makedirs(d)
+                return sid, d
+            except FileExistsError:
+                continue
+        raise AlreadyExists(f"snapshot names {base}.* are all taken")
 
     async def _snapshot_call(self, e, action, files: dict):
         if e.handle is None:

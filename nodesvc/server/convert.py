@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..api.v1 import nodesvc_pb2 as pb
+from ..core.errors import InvalidSpec
 from ..core.events import Event
 from ..core.model import VmRecord, VmState
 
@@ -80,3 +81,34 @@ def node_info(d: dict) -> pb.NodeInfo:
     d = dict(d)
     plugins = [pb.Plugin(**p) for p in d.pop("plugins")]
     return pb.NodeInfo(plugins=plugins, **d)
+
+
+def snapshot_to_proto(meta: dict) -> pb.Snapshot:
+    return pb.Snapshot(
+        id=meta["id"], source_vm=meta.get("source_vm", ""), created_at=ts(meta["created_at"]),
+        state_path=meta["state_path"], mem_path=meta["mem_path"],
+        state_bytes=int(meta.get("state_bytes") or 0),
+        memory_bytes=int(meta.get("memory_bytes") or 0),
+        disk_bytes=int(meta.get("disk_bytes") or 0),
+        create_seconds=float(meta.get("create_seconds") or 0),
+        spec=json_format.ParseDict(meta.get("spec") or {}, pb.VmSpec()),
+        labels=meta.get("labels") or {})
+
+
+def restore_overrides(req) -> dict:
+    """RestoreVmRequest's overrides as the core takes them (nodesvc.core.snapshots)."""
+    out: dict = {}
+    ifaces = []
+    for n, o in enumerate(req.network_overrides):
+        if not o.iface_id:
+            raise InvalidSpec(f"network_overrides[{n}].iface_id", "required")
+        if o.iface_id in (i["iface_id"] for i in ifaces):
+            raise InvalidSpec(f"network_overrides[{n}].iface_id",
+                              f"{o.iface_id!r} is overridden twice")
+        ifaces.append({"iface_id": o.iface_id, "host_dev_name": o.host_dev_name,
+                       "guest_mac": o.guest_mac})
+    if ifaces:
+        out["network_interfaces"] = ifaces
+    if req.vsock_uds_path:
+        out["vsock_uds_path"] = req.vsock_uds_path
+    return out

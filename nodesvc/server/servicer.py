@@ -7,7 +7,7 @@ import asyncio
 
 from ..api.v1 import nodesvc_pb2 as pb
 from ..api.v1 import nodesvc_pb2_grpc as pb_grpc
-from ..core import InvalidSpec, Node
+from ..core import InvalidSpec, Node, Unsupported
 from . import convert as cv
 
 
@@ -109,6 +109,37 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
                 if i == 0:
                     entry.dropped = dropped
                 yield entry
+
+    # -- snapshots (docs/snapshots.md) ---------------------------------------------------------
+    async def CreateSnapshot(self, req, context):
+        if req.snapshot_type == pb.SNAPSHOT_TYPE_DIFF:
+            raise Unsupported("snapshot_type: diff snapshots are not implemented; take a "
+                              "full snapshot")
+        if req.snapshot_type not in (pb.SNAPSHOT_TYPE_UNSPECIFIED, pb.SNAPSHOT_TYPE_FULL):
+            raise InvalidSpec("snapshot_type", f"unknown value {req.snapshot_type}")
+        meta = await self.node.create_snapshot(req.vm_id, req.snapshot_id or None,
+                                               resume=req.resume, pause=req.pause)
+        return pb.CreateSnapshotResponse(snapshot=cv.snapshot_to_proto(meta),
+                                         vm=cv.vm_to_proto(self.node.get_vm(req.vm_id)))
+
+    async def ListSnapshots(self, req, context):
+        metas = self.node.list_snapshots(req.source_vm or None)
+        return pb.ListSnapshotsResponse(snapshots=[cv.snapshot_to_proto(m) for m in metas])
+
+    async def GetSnapshot(self, req, context):
+        meta = self.node.get_snapshot(req.snapshot_id)
+        return pb.GetSnapshotResponse(snapshot=cv.snapshot_to_proto(meta))
+
+    async def DeleteSnapshot(self, req, context):
+        self.node.delete_snapshot(req.snapshot_id)
+        return pb.DeleteSnapshotResponse()
+
+    async def RestoreVm(self, req, context):
+        rec = await self.node.restore_vm(req.snapshot_id, req.vm_id,
+                                         overrides=cv.restore_overrides(req),
+                                         labels=dict(req.labels) or None,
+                                         resume=req.resume_vm)
+        return pb.RestoreVmResponse(vm=cv.vm_to_proto(rec))
 
     # -- metadata and node ---------------------------------------------------------------------
     async def PutMetadata(self, req, context):

@@ -21,6 +21,12 @@ class VmState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VM_STATE_STOPPING: _ClassVar[VmState]
     VM_STATE_STOPPED: _ClassVar[VmState]
     VM_STATE_FAILED: _ClassVar[VmState]
+
+class SnapshotType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SNAPSHOT_TYPE_UNSPECIFIED: _ClassVar[SnapshotType]
+    SNAPSHOT_TYPE_FULL: _ClassVar[SnapshotType]
+    SNAPSHOT_TYPE_DIFF: _ClassVar[SnapshotType]
 VM_STATE_UNSPECIFIED: VmState
 VM_STATE_CREATED: VmState
 VM_STATE_STARTING: VmState
@@ -29,6 +35,9 @@ VM_STATE_PAUSED: VmState
 VM_STATE_STOPPING: VmState
 VM_STATE_STOPPED: VmState
 VM_STATE_FAILED: VmState
+SNAPSHOT_TYPE_UNSPECIFIED: SnapshotType
+SNAPSHOT_TYPE_FULL: SnapshotType
+SNAPSHOT_TYPE_DIFF: SnapshotType
 
 class VmSpec(_message.Message):
     __slots__ = ("machine", "boot", "drives", "network_interfaces", "vsock", "metadata_service", "entropy")
@@ -515,6 +524,134 @@ class MetadataResponse(_message.Message):
     JSON_FIELD_NUMBER: _ClassVar[int]
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("id", "source_vm", "created_at", "state_path", "mem_path", "state_bytes", "memory_bytes", "disk_bytes", "create_seconds", "spec", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VM_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_PATH_FIELD_NUMBER: _ClassVar[int]
+    MEM_PATH_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    source_vm: str
+    created_at: _timestamp_pb2.Timestamp
+    state_path: str
+    mem_path: str
+    state_bytes: int
+    memory_bytes: int
+    disk_bytes: int
+    create_seconds: float
+    spec: VmSpec
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., source_vm: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_path: _Optional[str] = ..., mem_path: _Optional[str] = ..., state_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., create_seconds: _Optional[float] = ..., spec: _Optional[_Union[VmSpec, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CreateSnapshotRequest(_message.Message):
+    __slots__ = ("vm_id", "snapshot_id", "pause", "resume", "snapshot_type")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    snapshot_id: str
+    pause: bool
+    resume: bool
+    snapshot_type: SnapshotType
+    def __init__(self, vm_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., pause: _Optional[bool] = ..., resume: _Optional[bool] = ..., snapshot_type: _Optional[_Union[SnapshotType, str]] = ...) -> None: ...
+
+class CreateSnapshotResponse(_message.Message):
+    __slots__ = ("snapshot", "vm")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    snapshot: Snapshot
+    vm: Vm
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
+
+class ListSnapshotsRequest(_message.Message):
+    __slots__ = ("source_vm",)
+    SOURCE_VM_FIELD_NUMBER: _ClassVar[int]
+    source_vm: str
+    def __init__(self, source_vm: _Optional[str] = ...) -> None: ...
+
+class ListSnapshotsResponse(_message.Message):
+    __slots__ = ("snapshots",)
+    SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    snapshots: _containers.RepeatedCompositeFieldContainer[Snapshot]
+    def __init__(self, snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ...) -> None: ...
+
+class GetSnapshotRequest(_message.Message):
+    __slots__ = ("snapshot_id",)
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    def __init__(self, snapshot_id: _Optional[str] = ...) -> None: ...
+
+class GetSnapshotResponse(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: Snapshot
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class DeleteSnapshotRequest(_message.Message):
+    __slots__ = ("snapshot_id",)
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    def __init__(self, snapshot_id: _Optional[str] = ...) -> None: ...
+
+class DeleteSnapshotResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NetworkOverride(_message.Message):
+    __slots__ = ("iface_id", "host_dev_name", "guest_mac")
+    IFACE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_DEV_NAME_FIELD_NUMBER: _ClassVar[int]
+    GUEST_MAC_FIELD_NUMBER: _ClassVar[int]
+    iface_id: str
+    host_dev_name: str
+    guest_mac: str
+    def __init__(self, iface_id: _Optional[str] = ..., host_dev_name: _Optional[str] = ..., guest_mac: _Optional[str] = ...) -> None: ...
+
+class RestoreVmRequest(_message.Message):
+    __slots__ = ("snapshot_id", "vm_id", "labels", "network_overrides", "vsock_uds_path", "resume_vm")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    VSOCK_UDS_PATH_FIELD_NUMBER: _ClassVar[int]
+    RESUME_VM_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    vm_id: str
+    labels: _containers.ScalarMap[str, str]
+    network_overrides: _containers.RepeatedCompositeFieldContainer[NetworkOverride]
+    vsock_uds_path: str
+    resume_vm: bool
+    def __init__(self, snapshot_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., network_overrides: _Optional[_Iterable[_Union[NetworkOverride, _Mapping]]] = ..., vsock_uds_path: _Optional[str] = ..., resume_vm: _Optional[bool] = ...) -> None: ...
+
+class RestoreVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: Vm
+    def __init__(self, vm: _Optional[_Union[Vm, _Mapping]] = ...) -> None: ...
 
 class GetNodeInfoRequest(_message.Message):
     __slots__ = ()

@@ -120,6 +120,31 @@ class NodeServiceStub:
                 request_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.GetMetadataRequest.SerializeToString,
                 response_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.MetadataResponse.FromString,
                 _registered_method=True)
+        self.CreateSnapshot = channel.unary_unary(
+                '/nodesvc.v1.NodeService/CreateSnapshot',
+                request_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.CreateSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/nodesvc.v1.NodeService/ListSnapshots',
+                request_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.GetSnapshot = channel.unary_unary(
+                '/nodesvc.v1.NodeService/GetSnapshot',
+                request_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.GetSnapshotRequest.SerializeToString,
+                response_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.GetSnapshotResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/nodesvc.v1.NodeService/DeleteSnapshot',
+                request_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
+        self.RestoreVm = channel.unary_unary(
+                '/nodesvc.v1.NodeService/RestoreVm',
+                request_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.RestoreVmRequest.SerializeToString,
+                response_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.RestoreVmResponse.FromString,
+                _registered_method=True)
         self.GetNodeInfo = channel.unary_unary(
                 '/nodesvc.v1.NodeService/GetNodeInfo',
                 request_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.GetNodeInfoRequest.SerializeToString,
@@ -251,6 +276,47 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSnapshot(self, request, context):
+        """Snapshots (docs/snapshots.md). Saves a VM's vCPU, device and memory state to files on
+        this node (Firecracker's PUT /snapshot/create): the VM must be PAUSED, or RUNNING with
+        `pause` set; it is left PAUSED unless `resume` is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """The snapshots on this node, with sizes and source VM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSnapshot(self, request, context):
+        """One snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """Removes a snapshot's files. VMs restored from it run on: their memory mappings keep
+        the unlinked memory file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreVm(self, request, context):
+        """A new VM from a snapshot, in a new (jailed) VMM process, without booting
+        (Firecracker's PUT /snapshot/load into a fresh VMM): its spec is the snapshot's with
+        the overrides applied. Left PAUSED unless `resume_vm`. Nothing is left behind when the
+        snapshot is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetNodeInfo(self, request, context):
         """Host capacity, VMs by state, versions and loaded plugins.
         """
@@ -345,6 +411,31 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetMetadata,
                     request_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.GetMetadataRequest.FromString,
                     response_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.MetadataResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.CreateSnapshotResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshot,
+                    request_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.GetSnapshotRequest.FromString,
+                    response_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.GetSnapshotResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'RestoreVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreVm,
+                    request_deserializer=nodesvc_dot_v1_dot_nodesvc__pb2.RestoreVmRequest.FromString,
+                    response_serializer=nodesvc_dot_v1_dot_nodesvc__pb2.RestoreVmResponse.SerializeToString,
             ),
             'GetNodeInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNodeInfo,
@@ -812,6 +903,141 @@ class NodeService:
             '/nodesvc.v1.NodeService/GetMetadata',
             nodesvc_dot_v1_dot_nodesvc__pb2.GetMetadataRequest.SerializeToString,
             nodesvc_dot_v1_dot_nodesvc__pb2.MetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nodesvc.v1.NodeService/CreateSnapshot',
+            nodesvc_dot_v1_dot_nodesvc__pb2.CreateSnapshotRequest.SerializeToString,
+            nodesvc_dot_v1_dot_nodesvc__pb2.CreateSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nodesvc.v1.NodeService/ListSnapshots',
+            nodesvc_dot_v1_dot_nodesvc__pb2.ListSnapshotsRequest.SerializeToString,
+            nodesvc_dot_v1_dot_nodesvc__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nodesvc.v1.NodeService/GetSnapshot',
+            nodesvc_dot_v1_dot_nodesvc__pb2.GetSnapshotRequest.SerializeToString,
+            nodesvc_dot_v1_dot_nodesvc__pb2.GetSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nodesvc.v1.NodeService/DeleteSnapshot',
+            nodesvc_dot_v1_dot_nodesvc__pb2.DeleteSnapshotRequest.SerializeToString,
+            nodesvc_dot_v1_dot_nodesvc__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nodesvc.v1.NodeService/RestoreVm',
+            nodesvc_dot_v1_dot_nodesvc__pb2.RestoreVmRequest.SerializeToString,
+            nodesvc_dot_v1_dot_nodesvc__pb2.RestoreVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
