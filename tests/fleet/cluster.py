@@ -213,12 +213,28 @@ class FleetNode:
         except (OSError, ValueError):
             return None
 
+    def _zygote_pids(self) -> list[int]:
+        """The node's VMM zygote and the jailed VMMs forked from it (they carry its command
+        line, which names its socket)."""
+        marker = os.fsencode(os.path.join(self.state_dir, "zygote.sock"))
+        pids = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        if marker in f.read():
+                            pids.append(int(d))
+                except OSError:
+                    pass
+        return pids
+
     def kill_all(self) -> None:
-        """Like a host dying: SIGKILL the node service, its VMMs and its fence watchdog."""
+        """Like a host dying: SIGKILL the node service, its VMMs (and zygote) and its fence
+        watchdog."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
         _kill(self.proc)
-        for pid in [*self.vmm_pids(), self.watchdog_pid()]:
+        for pid in [*self.vmm_pids(), *self._zygote_pids(), self.watchdog_pid()]:
             if pid:
                 try:
                     os.kill(pid, signal.SIGKILL)
