@@ -85,6 +85,22 @@ def _data(msg: pb.ConsoleOutput) -> bytes | None:
     return msg.data or None
 
 
+SNAPSHOT_TIMEOUT = 300.0     # writing a large memory file takes a while
+
+
+def as_network_overrides(items: Iterable | None) -> list[pb.NetworkOverride]:
+    """NetworkOverride messages, or mappings {"iface_id", "host_dev_name", "guest_mac"}."""
+    out = []
+    for n, o in enumerate(items or ()):
+        if isinstance(o, Mapping):
+            o = fill(pb.NetworkOverride(), dict(o), f"network_overrides[{n}]")
+        elif not isinstance(o, pb.NetworkOverride):
+            raise SpecError(f"network_overrides[{n}]: must be a NetworkOverride or a mapping, "
+                            f"got {type(o).__name__}")
+        out.append(o)
+    return out
+
+
 class Api:
     """Every NodeService RPC as a method (see the proto for the semantics of each)."""
 
@@ -175,6 +191,48 @@ class Api:
         req = pb.StreamLogsRequest(vm_id=vm_id, include_history=include_history, logs=logs,
                                    metrics=metrics)
         return self._stream("StreamLogs", req, lambda e: e, timeout)
+
+    # -- snapshots (docs/snapshots.md) ---------------------------------------------------
+    def _long(self, timeout: float | None) -> float | None:
+        if timeout is not None or self.timeout is None:
+            return timeout
+        return max(self.timeout, SNAPSHOT_TIMEOUT)
+
+    def create_snapshot(self, vm_id: str, snapshot_id: str = "", *, pause: bool = True,
+                        resume: bool = False, timeout: float | None = None):
+        """Save the VM to a snapshot on its node: pause it (a RUNNING VM needs pause=True,
+        the default; pause=False wants it PAUSED already, as Firecracker does), save, and
+        resume it if `resume` and this call paused it. No id: the node makes one from the
+        VM's. Default deadline: at least 300 s. -> Snapshot"""
+        req = pb.CreateSnapshotRequest(vm_id=vm_id, snapshot_id=snapshot_id, pause=pause,
+                                       resume=resume)
+        return self._unary("CreateSnapshot", req, lambda r: r.snapshot, self._long(timeout))
+
+    def list_snapshots(self, source_vm: str = "", *, timeout: float | None = None):
+        """The node's snapshots (of `source_vm` only, if given). -> [Snapshot]"""
+        return self._unary("ListSnapshots", pb.ListSnapshotsRequest(source_vm=source_vm),
+                           lambda r: list(r.snapshots), timeout)
+
+    def get_snapshot(self, snapshot_id: str, *, timeout: float | None = None):
+        return self._unary("GetSnapshot", pb.GetSnapshotRequest(snapshot_id=snapshot_id),
+                           lambda r: r.snapshot, timeout)
+
+    def delete_snapshot(self, snapshot_id: str, *, timeout: float | None = None):
+        return self._unary("DeleteSnapshot", pb.DeleteSnapshotRequest(snapshot_id=snapshot_id),
+                           lambda r: None, timeout)
+
+    def restore_vm(self, snapshot_id: str, vm_id: str, *,
+                   labels: Mapping[str, str] | None = None,
+                   network_overrides: Iterable | None = None, vsock_uds_path: str = "",
+                   paused: bool = False, timeout: float | None = None):
+        """A new VM `vm_id` from a snapshot, RUNNING (or PAUSED with paused=True; the RPC's
+        own default is paused, like Firecracker's resume_vm). `network_overrides`: other
+        TAPs/MACs per iface_id; `labels` default to the snapshot's. -> Vm"""
+        req = pb.RestoreVmRequest(snapshot_id=snapshot_id, vm_id=vm_id,
+                                  labels=as_labels(labels),
+                                  network_overrides=as_network_overrides(network_overrides),
+                                  vsock_uds_path=vsock_uds_path, resume_vm=not paused)
+        return self._unary("RestoreVm", req, _vm, self._long(timeout))
 
     # -- metadata and node -------------------------------------------------------------------
     def put_metadata(self, vm_id: str, doc: Any, *, timeout: float | None = None):

@@ -2,6 +2,8 @@
 
     nodectl create -f vm.yaml --start         nodectl ls -l app=web --state running
     nodectl console web-1                     (Ctrl-] detaches; the VM keeps running)
+    nodectl snapshot web-1 --id warm --resume  nodectl restore warm --id web-2 --tap tap2
+    nodectl snapshots                         nodectl snapshot rm warm
     nodectl --target node7:7443 --tls-ca ca.pem --tls-cert me.pem --tls-key me.key info
 
 Where: --socket PATH or --target HOST:PORT (or unix:///path); else $NODESVC_TARGET, else
@@ -111,6 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-history", action="store_true", help="skip the retained output")
     c.add_argument("--escape", default=DEFAULT_ESCAPE, metavar="KEY",
                    help=f"detach key in caret notation (default {DEFAULT_ESCAPE}, Ctrl-])")
+    c = cmd("snapshot", "snapshot a VM: pause, save, stay paused (--resume: run on); "
+                        "`snapshot rm SNAPSHOT...` deletes snapshots", vm=False)
+    c.add_argument("target", nargs="+", metavar="VM | rm SNAPSHOT",
+                   help="the VM to snapshot, or `rm` and the snapshots to delete")
+    c.add_argument("--id", dest="snapshot_id", metavar="SNAPSHOT",
+                   help="snapshot id (default: <vm>-<UTC date-time>)")
+    c.add_argument("--resume", action="store_true", help="resume the VM after the save")
+    _out(c)
+    c = cmd("snapshots", "list the node's snapshots with their size and source VM", vm=False)
+    c.add_argument("--vm", metavar="ID", help="only snapshots of this VM")
+    _out(c)
+    c = cmd("restore", "restore a snapshot as a new VM (running, or --paused)", vm=False)
+    c.add_argument("snapshot_id", metavar="SNAPSHOT")
+    c.add_argument("--id", dest="vm_id", required=True, metavar="NEW",
+                   help="id of the new VM")
+    c.add_argument("--tap", action="append", default=[], metavar="[IFACE=]TAP",
+                   help="another TAP for an interface (repeatable; IFACE may be left out "
+                        "if there is one)")
+    c.add_argument("--mac", action="append", default=[], metavar="[IFACE=]MAC",
+                   help="another guest MAC for an interface (repeatable)")
+    c.add_argument("--vsock", metavar="PATH", help="another host socket for the vsock device")
+    c.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VAL",
+                   help="labels of the new VM (default: the snapshot's)")
+    c.add_argument("--paused", action="store_true", help="leave it paused")
+    _out(c)
     c = cmd("info", "show the node's capacity, VMs by state, versions and plugins", vm=False)
     _out(c)
     c = cmd("health", "check that the node service is SERVING", vm=False)
@@ -121,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    # Snapshot and restore take longer than the default deadline unless one was asked for.
+    args.timeout_given = any(a == "--timeout" or a.startswith("--timeout=") for a in argv)
     try:
         return COMMANDS[args.command](args) or 0
     except NodeError as e:

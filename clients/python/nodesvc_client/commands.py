@@ -178,6 +178,74 @@ def console(args) -> int:
           file=sys.stderr)
 
 
+# -- snapshots --------------------------------------------------------------------------
+def snapshot(args) -> int:
+    """`snapshot VM` saves one; `snapshot rm SNAP...` deletes snapshots."""
+    if args.target[0] == "rm" and len(args.target) > 1:
+        if args.resume or args.snapshot_id:
+            raise SpecError("snapshot rm takes only snapshot ids")
+        with connect(args) as node:
+            for sid in args.target[1:]:
+                node.delete_snapshot(sid)
+                _print(f"{sid}: deleted")
+        return 0
+    if len(args.target) != 1:
+        raise SpecError("snapshot: give one VM id (or `snapshot rm SNAPSHOT...`)")
+    vm_id = args.target[0]
+    with connect(args) as node:
+        snap = node.create_snapshot(vm_id, args.snapshot_id or "", resume=args.resume,
+                                    timeout=args.timeout if args.timeout_given else None)
+        state = fmt.state_name(node.get_vm(vm_id).state)
+    if args.output != "table":
+        _print(fmt.dump(snap, args.output))
+        return 0
+    _print(fmt.snapshot_table([snap]))
+    print(f"nodectl: VM {vm_id} is {state}" +
+          ("" if args.resume else " (nodectl resume it, or snapshot with --resume)"),
+          file=sys.stderr)
+
+
+def snapshots(args) -> int:
+    with connect(args) as node:
+        snaps = node.list_snapshots(args.vm or "")
+    if args.output == "table":
+        _print(fmt.snapshot_table(snaps))
+    else:
+        _print(fmt.dump({"snapshots": [fmt.to_dict(s) for s in snaps]}, args.output))
+
+
+def _overrides(node, snapshot_id: str, taps: list[str], macs: list[str]) -> list[pb.NetworkOverride]:
+    """--tap [IFACE=]TAP and --mac [IFACE=]MAC; IFACE may be left out when the snapshot's
+    VM has exactly one interface."""
+    ifaces: list[str] | None = None
+    out: dict[str, pb.NetworkOverride] = {}
+    for flag, field, items in (("--tap", "host_dev_name", taps), ("--mac", "guest_mac", macs)):
+        for item in items:
+            iface, eq, value = item.rpartition("=")
+            if not eq:
+                if ifaces is None:
+                    ifaces = [i.iface_id for i in
+                              node.get_snapshot(snapshot_id).spec.network_interfaces]
+                if len(ifaces) != 1:
+                    raise SpecError(f"{flag} {item}: say which interface, IFACE={value} "
+                                    f"(the snapshot has {', '.join(ifaces) or 'none'})")
+                iface = ifaces[0]
+            if not iface or not value:
+                raise SpecError(f"{flag}: want [IFACE=]VALUE, got {item!r}")
+            setattr(out.setdefault(iface, pb.NetworkOverride(iface_id=iface)), field, value)
+    return list(out.values())
+
+
+def restore(args) -> int:
+    with connect(args) as node:
+        vm = node.restore_vm(args.snapshot_id, args.vm_id, labels=parse_labels(args.label),
+                             network_overrides=_overrides(node, args.snapshot_id, args.tap,
+                                                          args.mac),
+                             vsock_uds_path=args.vsock or "", paused=args.paused,
+                             timeout=args.timeout if args.timeout_given else None)
+        _show_vm(vm, args.output)
+
+
 def info(args) -> int:
     with connect(args) as node:
         ni = node.node_info()
@@ -199,4 +267,5 @@ def health(args) -> int:
 COMMANDS = {"create": create, "start": _lifecycle("start_vm"), "stop": stop,
             "pause": _lifecycle("pause_vm"), "resume": _lifecycle("resume_vm"), "rm": rm,
             "ls": ls, "get": get, "watch": watch, "logs": logs, "metadata": metadata,
-            "console": console, "info": info, "health": health}
+            "console": console, "info": info, "health": health, "snapshot": snapshot,
+            "snapshots": snapshots, "restore": restore}

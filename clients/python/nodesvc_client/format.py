@@ -59,6 +59,22 @@ def vm_table(vms: Iterable[pb.Vm]) -> str:
                   "REASON"], rows)
 
 
+def size_text(n: int) -> str:
+    """Bytes as people read them: 512B, 17KiB, 256MiB, 1.5GiB."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            v = n / (1 << shift)
+            return f"{v:.1f}{unit}" if v < 10 and v != int(v) else f"{v:.0f}{unit}"
+    return f"{n}B"
+
+
+def snapshot_table(snaps: Iterable[pb.Snapshot]) -> str:
+    rows = [[s.id, s.source_vm or "-", size_text(s.memory_bytes + s.state_bytes),
+             size_text(s.disk_bytes), str(s.spec.machine.vcpus),
+             f"{s.spec.machine.memory_mib}Mi", ago(s.created_at)] for s in snaps]
+    return table(["ID", "SOURCE VM", "SIZE", "ON DISK", "VCPUS", "MEMORY", "AGE"], rows)
+
+
 def event_line(ev: pb.VmEvent) -> str:
     kind = pb.VmEvent.Type.Name(ev.type).removeprefix("TYPE_")
     state = state_name(ev.vm.state)
