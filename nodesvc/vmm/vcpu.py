@@ -47,6 +47,7 @@ class VcpuThread:
         self.stats = VcpuStats()
         self._stop = False
         self._paused = self._parked = False
+        self._closed = False        # vcpu closed: its kvm_run page is unmapped
         self._park = threading.Condition()
         self._thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.index}", daemon=True)
 
@@ -74,7 +75,10 @@ class VcpuThread:
             self._park.notify_all()
 
     def _interrupt(self) -> None:
-        self.vcpu.run_struct.immediate_exit = 1
+        with self._park:
+            if self._closed:
+                return      # nothing runs, and kvm_run is unmapped: writing it would fault
+            self.vcpu.run_struct.immediate_exit = 1
         ident = self._thread.ident
         if ident is not None and self._thread.is_alive():
             try:
@@ -89,6 +93,17 @@ class VcpuThread:
             self._park.wait_for(lambda: not self._paused or self._stop)
             self._parked = False
         self.vcpu.run_struct.immediate_exit = 0
+
+    def close(self) -> bool:
+        """Release the vCPU once its thread has ended (True; False if it still runs).
+        Later kicks and pauses become no-ops instead of touching the unmapped kvm_run."""
+        with self._park:
+            if not self._closed:
+                if not self.join(timeout=0):
+                    return False
+                self._closed = True
+                self.vcpu.close()
+            return True
 
     def join(self, timeout: float | None = None) -> bool:
         if self._thread.ident is not None:

@@ -213,8 +213,7 @@ class MicroVm:
             self.loop = None
         self.devices.close()
         for v in self._vcpus:
-            if v.join(timeout=0):
-                v.vcpu.close()
+            v.close()       # only once its thread ended; later kicks then touch nothing
         for irq in self._irqs.values():
             irq.close()
         self._irqs.clear()
