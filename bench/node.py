@@ -119,6 +119,19 @@ class Server:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+        if self.jailed:     # the jails of the VMMs just killed: cgroups, dirs, uid locks
+            from nodesvc.core.launcher import JailConfig
+            from nodesvc_jailer import sweep
+            jails = os.path.join(self.dir, "jail")
+            parent = JailConfig(jails).parent_cgroup
+            time.sleep(0.2)     # the killed VMMs leave their cgroups once reaped
+            sweep(jails, live=set(), uid_state_dir=os.path.join(jails, ".uids"),
+                  parent_cgroup=parent)
+            for m in ("memory", "cpu", "pids"):
+                try:
+                    os.rmdir(os.path.join("/sys/fs/cgroup", m, parent))
+                except OSError:
+                    pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -20,9 +20,11 @@ import tempfile
 
 import pytest
 
+from nodesvc.core.launcher import JailConfig
 from nodesvc_jailer import cgroup as cg
+from nodesvc_jailer import sweep
 from tests.service.conftest import (  # noqa: F401 (fixtures)
-    NodeServer, _kill_vmms, guest, make_server, state_dir)
+    NodeServer, _kill_vmms, guest, make_server)
 
 NS_KINDS = ("mnt", "pid", "ipc", "uts", "net")
 
@@ -57,10 +59,36 @@ def _node(env: dict | None = None, state_dir: str | None = None):
     return s
 
 
+def remove_jails(state_dir: str) -> None:
+    """Remove what the jails of a stopped node's VMMs left (their cgroups above all: the
+    node lets its VMMs outlive it, so nobody else cleans up after a test's kill)."""
+    jails = os.path.join(state_dir, "jail")
+    parent = JailConfig(jails).parent_cgroup
+    sweep(jails, live=set(), uid_state_dir=os.path.join(jails, ".uids"),
+          parent_cgroup=parent)
+    for t, d, _ in cg.read_mounts():
+        if t == "cgroup" and os.path.isdir(os.path.join(d, parent)):
+            try:
+                os.rmdir(os.path.join(d, parent))
+            except OSError:
+                pass
+
+
 def _close(s: NodeServer) -> None:
     s.stop()
     _kill_vmms(s.state_dir)
+    remove_jails(s.state_dir)
     shutil.rmtree(s.state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def state_dir():
+    """tests/service's state dir, whose jails are removed too once its VMMs are killed."""
+    d = tempfile.mkdtemp(prefix="nsec-", dir="/tmp")
+    yield d
+    _kill_vmms(d)
+    remove_jails(d)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
