@@ -1,10 +1,10 @@
 """ACPI tables for ACPI-only guests: RSDP, XSDT, FADT, MADT and a DSDT (ACPI 6.5).
 
 What a kernel without MP-table parsing and without `virtio_mmio.device=` needs to
-find its hardware (Firecracker writes the same set, and keeps its MP table beside it;
-so do we): the vCPUs and the IOAPIC (MADT), the virtio-mmio windows ("LNRO0005",
-memory window + interrupt) and the legacy UART and i8042 (DSDT). The platform is
-hardware-reduced ACPI: no PM1/GPE register blocks, no SCI, no FACS.
+find its hardware: the vCPUs and the IOAPIC (MADT), the virtio-mmio windows ("LNRO0005",
+memory window + interrupt) and the legacy UART and i8042 (DSDT). Firecracker writes
+these (plus an MCFG for its PCI) and keeps its MP table beside them; so do we. The
+platform is hardware-reduced ACPI: no PM1/GPE register blocks, no SCI, no FACS.
 
 Placement: the RSDP goes at 0xE0000, where Linux scans the BIOS area ([0xE0000,
 0x100000) on 16-byte boundaries) when boot_params.acpi_rsdp_addr is 0, and the tables
