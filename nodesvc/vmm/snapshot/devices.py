@@ -1,12 +1,14 @@
 """Device and virtio-mmio transport state, by the device manager's stable `(kind, id)`.
 
 A device that has state to keep implements `Snapshottable` (`save_state() -> dict`,
-JSON-able; `restore_state(dict)`). Saving runs on the event-loop thread, with that thread
-held until the memory file is written (see nodesvc.vmm.snapshot.save), so no device work
-changes guest memory or device state in between. Restoring a virtio device: the
-transport's registers and queues go back first, then — on the event-loop thread, as every
-activation does — the device is activated on its restored queues and given its own state,
-and every ready queue is kicked once (Firecracker's resume kicks all virtio devices).
+JSON-able; `restore_state(dict)`); a virtio device may also have `check_state(dict)`,
+called before anything runs, to refuse state it cannot take (a drive of another size).
+Saving runs on the event-loop thread, with that thread held until the memory file is
+written (see nodesvc.vmm.snapshot.save), so no device work changes guest memory or device
+state in between. Restoring a virtio device: the transport's registers and queues go back
+first, then — on the event-loop thread, as every activation does — the device is
+activated on its restored queues and given its own state, and every ready queue is kicked
+once (Firecracker's resume kicks all virtio devices).
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ class Snapshottable(Protocol):
 class TransportReset(Protocol):
     def transport_reset(self) -> None:
         """After a restore: the host ends of connections are gone (vsock)."""
+
+
+def limiter_state(limiter) -> dict | None:
+    """A device's rate limiter's own state (token buckets), if its kind keeps any."""
+    return limiter.save_state() if isinstance(limiter, Snapshottable) else None
+
+
+def restore_limiter(limiter, state: dict | None) -> None:
+    """Into the limiter the restored device was built with (from the snapshot's config)."""
+    if state is not None and isinstance(limiter, Snapshottable):
+        limiter.restore_state(state)
 
 
 # -- virtio-mmio transport ----------------------------------------------------------------
@@ -128,6 +141,8 @@ def restore_devices(vm, saved: list[dict]) -> None:
                 if "state" in e and isinstance(dev, Snapshottable):
                     dev.restore_state(e["state"])
                 continue
+            if e.get("state") is not None and hasattr(dev, "check_state"):
+                dev.check_state(e["state"])     # now: a mismatch refuses the restore
             if restore_transport(tr, e["transport"]):
                 vm.loop.call_soon(lambda tr=tr, st=e.get("state"): activate_restored(tr, st))
                 if isinstance(dev, TransportReset):

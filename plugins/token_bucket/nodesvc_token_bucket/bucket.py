@@ -108,6 +108,28 @@ class TokenBucket:
             return
         self.budget = min(self.budget + tokens, self.size)
 
+    # -- snapshots (nodesvc.vmm.snapshot) ------------------------------------------------
+    def save_state(self) -> dict[str, int]:
+        """Budget, burst left, and the time since the last refill (Firecracker's
+        TokenBucketState): the clock is per process, so only the elapsed part travels."""
+        return {"size": self.size, "refill_time_ms": self.refill_time_ms,
+                "initial_one_time_burst": self.initial_one_time_burst,
+                "one_time_burst": self.one_time_burst, "budget": self.budget,
+                "elapsed_ns": max(0, self._clock() - self._last)}
+
+    def restore_state(self, state: dict) -> bool:
+        """Take over a saved bucket's budget if it had the same parameters (False: it was
+        configured differently, and this one stays as built: full)."""
+        if (state["size"], state["refill_time_ms"], state["initial_one_time_burst"]) != \
+                (self.size, self.refill_time_ms, self.initial_one_time_burst):
+            return False
+        self.budget = max(0, min(int(state["budget"]), self.size))
+        self.one_time_burst = max(0, min(int(state["one_time_burst"]),
+                                         self.initial_one_time_burst))
+        # Time the VM spent saved does not refill it: it resumes where it paused.
+        self._last = self._clock() - min(int(state["elapsed_ns"]), self._refill_ns)
+        return True
+
     def __repr__(self) -> str:
         return (f"TokenBucket(size={self.size}, refill_time_ms={self.refill_time_ms}, "
                 f"one_time_burst={self.initial_one_time_burst}, budget={self.budget}, "

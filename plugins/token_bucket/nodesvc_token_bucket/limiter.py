@@ -37,6 +37,7 @@ class TokenBucketLimiter:
         self._bw = self._bucket(parsed.get("bandwidth"))
         self._ops = self._bucket(parsed.get("ops"))
         self._blocked = False
+        self._blocked_until = 0         # clock() when the timer fires (for snapshots)
         self._wakeup: Callable[[], None] | None = None
         self._timer = timer_factory(event_loop, self._expired)
 
@@ -94,6 +95,27 @@ class TokenBucketLimiter:
         self._wakeup = None
         self._timer.close()
 
+    # --- snapshots (nodesvc.vmm.snapshot) ------------------------------------------------
+
+    def save_state(self) -> dict[str, Any]:
+        """Both buckets and, while blocked, how long the block had left: a throttled device
+        keeps its budget (and its debt) across a restore instead of starting full."""
+        with self._lock:
+            left = max(1, self._blocked_until - self._clock()) if self._blocked else None
+            return {"kind": KIND, "bandwidth": self._bw.save_state(),
+                    "ops": self._ops.save_state(), "blocked_ns": left}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Into a limiter built from the snapshot's config; a bucket configured differently
+        since is left full. Call where the timer may be armed (the event-loop thread)."""
+        if state.get("kind") != KIND:
+            raise ValueError(f"saved limiter kind {state.get('kind')!r} is not {KIND!r}")
+        with self._lock:
+            self._bw.restore_state(state["bandwidth"])
+            self._ops.restore_state(state["ops"])
+            if state.get("blocked_ns"):
+                self._block(int(state["blocked_ns"]))
+
     # --- introspection ----------------------------------------------------------------
 
     def bucket(self, token_type: TokenType) -> TokenBucket:
@@ -111,6 +133,7 @@ class TokenBucketLimiter:
 
     def _block(self, delay_ns: int) -> None:
         self._blocked = True
+        self._blocked_until = self._clock() + delay_ns
         self._timer.arm(delay_ns)
 
     def _expired(self) -> None:

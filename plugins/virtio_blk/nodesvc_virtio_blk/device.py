@@ -21,6 +21,7 @@ import threading
 from nodesvc.vmm import hostfiles
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.ratelimit import OneLimiter
+from nodesvc.vmm.snapshot.devices import limiter_state, restore_limiter
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
 from nodesvc.vmm.virtio.constants import ID_BLOCK
 from nodesvc.vmm.virtio.ring import FastRing, gather, scatter, skip
@@ -193,6 +194,30 @@ class VirtioBlock(OneLimiter, VirtioDevice):
     # -- rate limiter (OneLimiter: Firecracker charges data bytes for IN/OUT only) ------------
     def _resumable(self) -> bool:
         return self._ring is not None and not self._broken
+
+    # -- snapshots (nodesvc.vmm.snapshot) -------------------------------------------------
+    def save_state(self) -> dict:
+        """What the guest's driver relies on: the capacity it read (the drive is reopened
+        by path and must still be that size) and the limiter's buckets. Requests are done
+        synchronously, so none is in flight; a throttled one is still on the ring."""
+        return {"drive_id": self.drive.drive_id, "capacity": self.capacity,
+                "read_only": self.read_only, "broken": self._broken,
+                "limiter": limiter_state(self.limiter)}
+
+    def check_state(self, state: dict) -> None:
+        """Before anything runs (a mismatch refuses the restore): same size, same mode."""
+        if state["capacity"] != self.capacity:
+            raise ValueError(f"drive {state['drive_id']}: the snapshot's guest saw "
+                             f"{state['capacity']} sectors, {self.path} now has "
+                             f"{self.capacity}")
+        if bool(state["read_only"]) != self.read_only:
+            raise ValueError(f"drive {state['drive_id']}: read-only was "
+                             f"{bool(state['read_only'])} in the snapshot")
+
+    def restore_state(self, state: dict) -> None:
+        """Event-loop thread, after activation on the restored queue."""
+        self._broken = bool(state["broken"])
+        restore_limiter(self.limiter, state["limiter"])
 
     # -- hot swap ---------------------------------------------------------------------------
     def update_backing_file(self, path: str) -> None:

@@ -10,6 +10,7 @@ instead of raising into the event loop.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import struct
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 from nodesvc.vmm.errors import ConfigError
+from nodesvc.vmm.snapshot.devices import limiter_state, restore_limiter
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError, constants as V
 
 from . import constants as C
@@ -221,6 +223,43 @@ class VirtioNet(VirtioDevice):
     def _resume_all(self) -> None:
         self.on_tap_readable()
         self.on_tx_ready()
+
+    # -- snapshots (nodesvc.vmm.snapshot) -------------------------------------------------
+    def save_state(self) -> dict:
+        """Both limiters' buckets, a failure, and the RX frame in hand: read from the TAP
+        (or injected) but not yet given to the guest, because the rx limiter said wait or
+        (MRG_RXBUF) buffers ran out. Its bytes are kept and the chains it had filled are
+        handed back to the ring (they are the last ones popped), so a restore neither
+        loses the frame nor shrinks the guest's RX queue. The MAC is not kept: a clone
+        may be given another one."""
+        rx = self.rx
+        frame, held, injected = None, 0, []
+        if rx is not None:
+            if rx.pending:
+                placed = b"".join(bytes(v) for _, _, views in rx.held for v in views)
+                frame = placed[:rx.placed] + (bytes(rx.spill) if rx.spill is not None else b"")
+                held = len(rx.held)
+            injected = [base64.b64encode(f).decode() for f in rx.injected]
+        return {"rx_limiter": limiter_state(self.rx_limiter),
+                "tx_limiter": limiter_state(self.tx_limiter), "failed": self.failed,
+                "rx_frame": base64.b64encode(frame).decode() if frame is not None else None,
+                "rx_frame_chains": held, "rx_injected": injected}
+
+    def restore_state(self, state: dict) -> None:
+        """Event-loop thread, after activation on the restored queues (before their kick)."""
+        restore_limiter(self.rx_limiter, state["rx_limiter"])
+        restore_limiter(self.tx_limiter, state["tx_limiter"])
+        self.failed = state["failed"]
+        rx = self.rx
+        if rx is None:
+            return
+        for text in state["rx_injected"]:
+            rx.injected.append(base64.b64decode(text))
+        if state["rx_frame"] is not None:
+            # Pop those chains again and fill them with the same bytes: the frame goes
+            # first, ahead of injected frames and the TAP, as it would have.
+            rx.queue.next_avail = (rx.queue.next_avail - int(state["rx_frame_chains"])) & 0xFFFF
+            rx.injected.appendleft(base64.b64decode(state["rx_frame"]))
 
     def stats_dict(self) -> dict[str, int]:
         return self.stats.as_dict()

@@ -12,6 +12,7 @@ import logging
 import os
 
 from nodesvc.vmm.ratelimit import OneLimiter
+from nodesvc.vmm.snapshot.devices import limiter_state, restore_limiter
 from nodesvc.vmm.virtio import VirtioDevice, VirtqueueError
 from nodesvc.vmm.virtio.constants import ID_RNG
 
@@ -73,3 +74,15 @@ class VirtioRng(OneLimiter, VirtioDevice):
     # -- rate limiter (OneLimiter) ------------------------------------------------------
     def _resumable(self) -> bool:
         return bool(self.queues) and not self._broken
+
+    # -- snapshots (nodesvc.vmm.snapshot) -------------------------------------------------
+    def save_state(self) -> dict:
+        """The limiter's buckets (a throttled guest stays throttled) and the counter."""
+        return {"bytes_served": self.bytes_served, "broken": self._broken,
+                "limiter": limiter_state(self.limiter)}
+
+    def restore_state(self, state: dict) -> None:
+        """Event-loop thread, after activation on the restored queue."""
+        self.bytes_served = int(state["bytes_served"])
+        self._broken = bool(state["broken"])
+        restore_limiter(self.limiter, state["limiter"])
