@@ -21,7 +21,8 @@ from nodesvc_virtio_net.device import VirtioNet
 from nodesvc_virtio_rng.device import VirtioRng
 from nodesvc_vsock.device import VsockDevice
 
-_TMP = tempfile.mkdtemp(prefix="nodesvc-fuzz-", dir="/tmp")
+# tmpfs when there is one: the writeback drive's FLUSH is an fdatasync
+_TMP = tempfile.mkdtemp(prefix="nodesvc-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else "/tmp")
 atexit.register(shutil.rmtree, _TMP, True)
 
 DISK_SECTORS = 64

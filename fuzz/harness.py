@@ -12,6 +12,7 @@ import collections
 import os
 import select
 import struct
+import traceback
 
 import atheris
 
@@ -24,9 +25,9 @@ _DESC = struct.Struct("<QIHH")
 _USED = struct.Struct("<II")
 _U16 = struct.Struct("<H")
 
-MEM_SIZE = 1 << 20             # small: the per-input wipe is a memset of this much
-DATA_START, DATA_END = 0x10000, 0x80000   # buffers of the chains an input builds
-RING_START = 0x80000           # GuestDriver's rings (its allocator starts here)
+MEM_SIZE = 1 << 19             # small: the per-input wipe is a memset of this much
+DATA_START, DATA_END = 0x1000, 0x40000    # buffers of the chains an input builds
+RING_START = 0x40000           # GuestDriver's rings (its allocator starts here)
 _ZERO = bytes(MEM_SIZE)
 
 #: how many loop rounds an input may take to go quiet (fd callbacks + deferred calls)
@@ -111,7 +112,9 @@ class WitnessBoundary(ErrorBoundary):
     def check(self) -> None:
         if self.unexpected:
             e, self.unexpected = self.unexpected[0], []
-            raise Finding(f"{self.name}: {type(e).__name__} reached the error boundary: {e}") from e
+            where = "".join(traceback.format_exception(e)[-6:])   # the device's frames
+            raise Finding(f"{self.name}: {type(e).__name__} reached the error boundary: "
+                          f"{e}\n{where}") from e
 
 
 class Loop:
@@ -176,6 +179,7 @@ class Bump:
 
     def __init__(self) -> None:
         self.next = DATA_START
+        self.hostile = 0         # buffers() made this many hostile buffers
 
     def alloc(self, n: int, align: int = 8) -> int | None:
         a = (self.next + align - 1) & ~(align - 1)
@@ -264,7 +268,7 @@ class FuzzQueue:
                 self._write_desc(self.dq.desc, slots[i], a, n, f | (V.DESC_F_NEXT if more else 0),
                                  slots[i + 1] if more else 0)
         for a, n, _ in bufs:
-            if n and a < RING_START + 0x40000 and a + n > RING_START:
+            if n and a + n > RING_START:
                 self.tainted = True
         self.post(slots[0], slots, cap)
         return slots[0]
@@ -346,6 +350,7 @@ def buffers(inp: Input, rig: Rig, total: bytes | int, max_bufs: int = 4,
         out.append((a, n))
         start = end
     if hostile and out and inp.u8() >= 224:
+        rig.bump.hostile += 1
         i = inp.int_in(0, len(out) - 1)
         out[i] = (inp.addr(), inp.length()) if inp.flag() else (out[i][0], inp.length())
     return out

@@ -13,7 +13,7 @@ from fuzz import common
 
 with common.instrumented():
     from fuzz import devices
-    from fuzz.harness import MEM_SIZE, Finding, Input, Rig, wipe
+    from fuzz.harness import MEM_SIZE, RING_START, Finding, Input, Rig, wipe
     from nodesvc.testing import GuestAllocator, GuestDriver
     from nodesvc.vmm.virtio import constants as V
 
@@ -70,7 +70,7 @@ def test_one_input(data: bytes) -> None:
         chunk = inp.blob(512)
         view[a:a + len(chunk)] = chunk
     if inp.flag():                        # a proper bring-up first, then the stream
-        drv = GuestDriver(t, mem, GuestAllocator(mem, 0x80000))
+        drv = GuestDriver(t, mem, GuestAllocator(mem, RING_START))
         try:
             drv.init(features=drv.device_features() & inp.u64() | 1 << V.F_VERSION_1,
                      queue_size=inp.pick((1, 2, 4, 16, 256)))

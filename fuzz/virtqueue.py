@@ -43,7 +43,7 @@ def place(inp: Input, q: Virtqueue, n: int) -> None:
         q.used_ring = (q.avail_ring + 6 + 2 * n + 3) & ~3
     else:
         q.desc_table, q.avail_ring, q.used_ring = inp.addr(), inp.addr(), inp.addr()
-    indirect = [0x80000 + 0x1000 * i for i in range(4)]
+    indirect = [0x40000 + 0x1000 * i for i in range(4)]
     for _ in range(inp.int_in(0, min(n, 24)) if n else 0):
         slot = inp.int_in(0, n - 1)
         if q.desc_table + 16 * slot + 16 <= MEM_SIZE:

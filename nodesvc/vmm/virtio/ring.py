@@ -34,6 +34,7 @@ _MAX_INDIRECT = 16 * MAX_QUEUE_SIZE   # the canonical parser's bound on an indir
 # bound methods: one attribute lookup fewer per call on the hot path
 _unpack_desc, _unpack_u16, _pack_u16 = _DESC.unpack_from, _U16.unpack_from, _U16.pack_into
 _pack_used = _USED_ELEM.pack_into
+_EMPTY = memoryview(bytearray())     # a zero-length buffer's view, wherever it points
 
 
 class FastRing:
@@ -57,13 +58,17 @@ class FastRing:
 
     # -- views of guest buffers (zero-copy) ---------------------------------------------
     def views(self, bufs) -> list[memoryview]:
-        """Writable memoryviews of `(gpa, len)` buffers (already validated by the parser)."""
+        """Writable memoryviews of `(gpa, len)` buffers (already validated by the parser).
+        A zero-length buffer may lie anywhere (the parser accepts it): it gets an empty view."""
         ram, end, mem = self.ram, self.ram_end, self.memory
-        return [ram[a:a + n] if a + n <= end else mem.view(a, n) for a, n in bufs]
+        return [ram[a:a + n] if a + n <= end else mem.view(a, n) if n else _EMPTY
+                for a, n in bufs]
 
     def view(self, gpa: int, n: int) -> memoryview:
         """One buffer of a parsed chain (as `GuestMemory.view`, without the region search)."""
-        return self.ram[gpa:gpa + n] if gpa + n <= self.ram_end else self.memory.view(gpa, n)
+        if gpa + n <= self.ram_end:
+            return self.ram[gpa:gpa + n]
+        return self.memory.view(gpa, n) if n else _EMPTY
 
     def nonempty_views(self, bufs) -> list[memoryview]:
         """`views()` without zero-length buffers (readv/writev would only skip them)."""
