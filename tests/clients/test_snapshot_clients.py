@@ -38,7 +38,8 @@ def ctl(shared_server, capsys):
 
 
 def counter(guest) -> dict:
-    return spec_dict(guest("counter"), boot_args=f"count={COUNT} delay=500")
+    """~60 ms a line (serial exits), so ~3 s of counting: a snapshot has time to land."""
+    return spec_dict(guest("counter"), boot_args=f"count={COUNT} delay=20000")
 
 
 def counts(text: str) -> list[int]:
@@ -93,8 +94,7 @@ def test_sync_client_snapshot_restore_list_delete(client, guest):
 
 def test_async_client_snapshot_and_restore(target, guest):
     async def body(node):
-        await node.create_vm("ca-src", counter(guest), start=True)
-        await asyncio.sleep(0.2)
+        await node.create_vm("ca-src", counter(guest), start=True)   # counts for ~3 s
         snap = await node.create_snapshot("ca-src", "ca-1")
         assert snap.source_vm == "ca-src" and snap.disk_bytes < snap.memory_bytes
         assert (await node.get_vm("ca-src")).state == pb.VM_STATE_PAUSED  # no resume
@@ -164,3 +164,37 @@ def test_nodectl_snapshot_snapshots_restore_rm(ctl, client, guest, tmp_path):
     assert "cn-1" not in ctl("snapshots")[1]
     for vm_id in ("cn-dst", "cn-p", "cn-src"):
         assert ctl("rm", "-f", vm_id)[0] == 0
+
+
+NODE_SCRIPT = """
+const { NodeClient } = require(process.argv[1] + '/client');
+(async () => {
+  const node = new NodeClient(process.argv[2]);
+  const { snapshots } = await node.call('ListSnapshots', { source_vm: 'cj-src' });
+  let code = '';
+  try { await node.call('RestoreVm', { snapshot_id: 'cj-none', vm_id: 'cj-x' }); }
+  catch (e) { code = e.codeName; }
+  console.log(JSON.stringify({ ids: snapshots.map((s) => s.id),
+                               size: snapshots.length ? snapshots[0].memory_bytes : null,
+                               code }));
+  node.close();
+})().catch((e) => { console.error(e.message); process.exit(1); });
+"""
+
+
+def test_node_js_client_sees_the_snapshot_rpcs_from_the_proto(client, shared_server, guest):
+    """clients/node loads proto/ at run time: the new RPCs need no regenerated code."""
+    import shutil
+    import subprocess
+    from tests.clients.test_node_client import NODE_DIR
+    if not shutil.which("node") or not (NODE_DIR / "node_modules").exists():
+        pytest.fail("node or clients/node dependencies missing: run `make setup`")
+    client.create_vm("cj-src", counter(guest), start=True)
+    client.create_snapshot("cj-src", "cj-1")
+    r = subprocess.run(["node", "-e", NODE_SCRIPT, str(NODE_DIR),
+                        "unix://" + shared_server.socket], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"ids": ["cj-1"], "size": str(32 << 20), "code": "NOT_FOUND"}
+    client.delete_snapshot("cj-1")
+    drop(client, "cj-src")

@@ -33,7 +33,8 @@ def stub(shared_server):
 
 
 def counter_spec(guest) -> pb.VmSpec:
-    return vm_spec(guest("counter"), boot_args=f"count={COUNT} delay=500")
+    """~60 ms a line (serial exits): ~3.5 s of counting, so a snapshot lands mid-count."""
+    return vm_spec(guest("counter"), boot_args=f"count={COUNT} delay=20000")
 
 
 def counts(text: str) -> list[int]:
