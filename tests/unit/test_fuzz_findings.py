@@ -11,7 +11,7 @@ import pytest
 
 from nodesvc.testing import CountingIrq, GuestDriver, InlineLoop
 from nodesvc.vmm.memory import GuestMemory
-from nodesvc.vmm.virtio import VirtioMmioTransport, constants as V
+from nodesvc.vmm.virtio import VirtioDevice, VirtioMmioTransport, constants as V
 from nodesvc.vmm.virtio.boundary import ErrorBoundary
 from nodesvc_virtio_blk import VirtioBlock, parse_drive
 from nodesvc_virtio_blk.device import S_OK, T_IN
@@ -68,3 +68,52 @@ def test_blk_read_with_a_zero_length_buffer_outside_memory(blk):
     assert b.contained == [] and t.failure is None
     assert q.take_used() and mem.read_u8(status) == S_OK
     assert mem.read(data, 512) == path.read_bytes()[512:1024]
+
+
+class Counting(VirtioDevice):
+    device_id = V.ID_RNG
+    queue_sizes = (8,)
+
+    def __init__(self):
+        super().__init__()
+        self.activations = 0
+
+    def activate(self, queues, interrupt):
+        super().activate(queues, interrupt)
+        self.activations += 1
+
+
+A, D, F, OK = V.S_ACKNOWLEDGE, V.S_DRIVER, V.S_FEATURES_OK, V.S_DRIVER_OK
+
+
+def test_mmio_failed_device_is_not_reactivated_by_toggling_driver_ok():
+    """mmio target: DRIVER_OK without FEATURES_OK fails the device (NEEDS_RESET); the
+    driver then cleared DRIVER_OK and set it again with FEATURES_OK, and the transport
+    activated the failed device again without a reset, dropping NEEDS_RESET."""
+    mem = GuestMemory(4 << 20)
+    dev = Counting()
+    t, drv, b = transport(dev, mem)
+    assert dev.activations == 1 and t.active
+    t.write(V.STATUS, 4, 0)
+    for status in (A, A | D, A | D | OK):             # DRIVER_OK without FEATURES_OK
+        t.write(V.STATUS, 4, status)
+    assert t.failure and not t.active and t.read(V.STATUS, 4) & V.S_NEEDS_RESET
+    t.write(V.DRIVER_FEATURES_SEL, 4, 1)
+    t.write(V.DRIVER_FEATURES, 4, 1)                  # VERSION_1
+    for status in (A | D, A | D | F, A | D | F | OK):
+        t.write(V.STATUS, 4, status)
+    assert dev.activations == 1 and not t.active
+    assert t.read(V.STATUS, 4) & V.S_NEEDS_RESET
+    drv.init()                                        # a reset starts it again
+    assert dev.activations == 2 and t.active and t.failure is None
+    mem.close()
+
+
+def test_mmio_running_device_is_not_activated_twice():
+    mem = GuestMemory(4 << 20)
+    dev = Counting()
+    t, drv, b = transport(dev, mem)
+    t.write(V.STATUS, 4, A | D | F)                   # DRIVER_OK cleared, no reset
+    t.write(V.STATUS, 4, A | D | F | OK)
+    assert dev.activations == 1 and t.active and b.contained == []
+    mem.close()

@@ -159,6 +159,12 @@ class VirtioMmioTransport:
             if self.driver_features & ~self.offered or not self.driver_features >> V.F_VERSION_1 & 1:
                 value &= ~V.S_FEATURES_OK  # refuse: unknown features, or a legacy driver
         if value & ~self.status & V.S_DRIVER_OK and not value & V.S_FAILED:
+            if self.active or self.failure is not None:
+                # Started (or failed) already: only a reset (status 0) starts it again, and
+                # NEEDS_RESET stays up until then (a driver toggling DRIVER_OK must not
+                # re-activate a failed device behind the boundary's back).
+                self.status = value | (self.status & V.S_NEEDS_RESET)
+                return None
             self.status = value
             return self._activate()
         self.status = value | (self.status & V.S_NEEDS_RESET)
