@@ -51,6 +51,20 @@ def _device_view(dev) -> SimpleNamespace:
     return view
 
 
+def _transport_view(t) -> SimpleNamespace:
+    view = _plain(t)
+    view.device = SimpleNamespace(device_id=t.device.device_id)
+    return view
+
+
+def _kernel_view(image) -> SimpleNamespace | None:
+    if image is None:
+        return None
+    view = _plain(image)
+    view.setup_header = True if image.setup_header is not None else None
+    return view
+
+
 class _PipeSink:
     """Console output to the parent; never blocks a vCPU (a full pipe drops, counted)."""
 
@@ -216,13 +230,16 @@ class JailedVm:
             _send(rep_w, ("final", {"error": f"{type(e).__name__}: {e}"}))
             return 1
         seccomp.install("control")
+        transports = list(vm.transports)    # the VM forgets them when it closes
         threading.Thread(target=self._serve, args=(vm, ctl_r, rep_w), daemon=True).start()
         vm.wait()
         result = vm.shutdown()
         summary = {"reason": result.reason, "detail": result.detail, "vcpu": result.vcpu,
                    "stats": vm.stats(), "cmdline": vm.cmdline,
                    "created_at": vm.created_at, "ended_at": vm.ended_at,
-                   "devices": {(k.kind, k.id): _device_view(d) for k, d in vm.devices}}
+                   "devices": {(k.kind, k.id): _device_view(d) for k, d in vm.devices},
+                   "transports": [_transport_view(t) for t in transports],
+                   "kernel": _kernel_view(vm.kernel)}
         with self._lock:
             _send(rep_w, ("final", summary))
         return 0
@@ -306,6 +323,15 @@ class JailedVm:
     @property
     def cmdline(self) -> str:
         return self._summary.get("cmdline", "") if self._summary else ""
+
+    @property
+    def transports(self) -> list:
+        """The virtio transports as the VM ended (slot order): name, status, device id."""
+        return self._summary.get("transports", []) if self._summary else []
+
+    @property
+    def kernel(self):
+        return self._summary.get("kernel") if self._summary else None
 
     @property
     def ended_at(self) -> float | None:

@@ -25,10 +25,9 @@ import pytest
 from nodesvc.net.netns import NetNamespace, delete_link
 from nodesvc.vmm import cmdline as cmdline_mod
 from nodesvc.vmm.config import config_from_flags, parse_config
-from nodesvc.vmm.console import CaptureSink
+from nodesvc.testing.jailed import JailedVm
 from nodesvc.vmm.exits import ExitReason
 from nodesvc.vmm.virtio import constants as V
-from nodesvc.vmm.vm import MicroVm
 
 from tests.linux.agent_host import icmp_ping
 
@@ -80,7 +79,7 @@ def _missing() -> str | None:
     return None
 
 
-def _pinger(sink: CaptureSink, ns, boot: Boot, stop: threading.Event) -> None:
+def _pinger(sink, ns, boot: Boot, stop: threading.Event) -> None:
     """Ping the guest once its NIC is configured (before it mounts the root and resets)."""
     try:
         while not stop.is_set():
@@ -92,7 +91,7 @@ def _pinger(sink: CaptureSink, ns, boot: Boot, stop: threading.Event) -> None:
 
 
 @pytest.fixture(scope="module")
-def acpi_boot(kernels, tmp_path_factory):
+def acpi_boot(kernels, tmp_path_factory, jail_base):
     missing = _missing()
     if missing:
         pytest.skip(missing)
@@ -126,16 +125,16 @@ def acpi_boot(kernels, tmp_path_factory):
             "vsock": {"guest_cid": 3, "uds_path": str(d / "v.sock")},
             "entropy": {},
         })
-        sink = CaptureSink()
-        vm = MicroVm(cfg, vm_id="acpi-boot", console_out=sink)
-        vm.build()
-        boot = Boot("", None, 0.0, transports=list(vm.transports))
+        vm = JailedVm(cfg, vm_id="acpi-boot", jail_base=jail_base)    # jailed, as the node runs it
+        sink = vm.sink
+        boot = Boot("", None, 0.0)
         stop = threading.Event()
         helper = threading.Thread(target=_pinger, args=(sink, ns, boot, stop), daemon=True)
         helper.start()
         t0 = time.monotonic()
         boot.exit = vm.run(timeout=BOOT_BUDGET)
         boot.elapsed = time.monotonic() - t0
+        boot.transports = vm.transports
         stop.set()
         helper.join(30)
         boot.text = sink.text()
@@ -221,14 +220,13 @@ def test_acpi_boot_ends_in_a_clean_reset(acpi_boot):
 
 # -- bzImage -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bzimage_boot(kernels):
-    sink = CaptureSink()
+def bzimage_boot(kernels, jail_base):
     cfg = config_from_flags(kernel=str(kernels["bzimage"]), initrd=str(kernels["initramfs"]),
                             vcpus=1, mem_mib=256)
-    vm = MicroVm(cfg, vm_id="bzimage-boot", console_out=sink)
+    vm = JailedVm(cfg, vm_id="bzimage-boot", jail_base=jail_base)
     t0 = time.monotonic()
     result = vm.run(timeout=BOOT_BUDGET)
-    return vm, Boot(sink.text(), result, time.monotonic() - t0)
+    return vm, Boot(vm.sink.text(), result, time.monotonic() - t0)
 
 
 def test_bzimage_boots_to_init(bzimage_boot):
