@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from nodesvc.testing.jailed import JailedVm
 from nodesvc.vmm.config import load_config_file
-from nodesvc.vmm.console import CaptureSink
 from nodesvc.vmm.errors import ConfigError
 from nodesvc.vmm.exits import ExitReason
 from nodesvc.vmm.vm import MicroVm
@@ -21,7 +21,7 @@ def _config(tmp_path, kernel, **sections):
     return load_config_file(str(path))
 
 
-def test_drives_vsock_and_entropy_are_announced_to_the_guest(tmp_path, tiny_guest):
+def test_drives_vsock_and_entropy_are_announced_to_the_guest(tmp_path, tiny_guest, jail_base):
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(1 << 20))
     cfg = _config(tmp_path, tiny_guest("bootinfo"),
@@ -30,8 +30,8 @@ def test_drives_vsock_and_entropy_are_announced_to_the_guest(tmp_path, tiny_gues
                            "rate_limiter": {"bandwidth": {"size": 1 << 20, "refill_time": 100}}}],
                   vsock={"guest_cid": 3, "uds_path": str(tmp_path / "v.sock")},
                   entropy={"rate_limiter": {"ops": {"size": 10, "refill_time": 100}}})
-    sink = CaptureSink()
-    vm = MicroVm(cfg, console_out=sink)
+    vm = JailedVm(cfg, jail_base=jail_base)     # jailed, as the node runs it
+    sink = vm.sink
     result = vm.run(timeout=20)
     assert result.reason is ExitReason.GUEST_RESET, result
     line = next(x for x in sink.text().splitlines() if x.startswith("CMDLINE "))

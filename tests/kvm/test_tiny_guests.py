@@ -105,23 +105,23 @@ def test_pio_exits_are_counted(run_tiny):
     assert stats["unhandled_pio"] >= 500
 
 
-def test_pause_and_resume_keep_the_guest(tiny_guest):
+def test_pause_and_resume_keep_the_guest(tiny_guest, jail_base):
+    from nodesvc.testing.jailed import JailedVm
     from nodesvc.vmm.config import config_from_flags
-    from nodesvc.vmm.console import CaptureSink
-    from nodesvc.vmm.vm import MicroVm
 
     rfd, wfd = os.pipe()
-    sink = CaptureSink()
-    vm = MicroVm(config_from_flags(kernel=str(tiny_guest("echo")), vcpus=1, mem_mib=32),
-                 console_out=sink, console_in_fd=rfd)
+    vm = JailedVm(config_from_flags(kernel=str(tiny_guest("echo")), vcpus=1, mem_mib=32),
+                  jail_base=jail_base, console_in_fd=rfd)
+    sink = vm.sink
     try:
         vm.start()
         assert sink.wait_for(b"READY", 10)
         vm.pause()
-        uart, before = vm.devices.get("serial", "serial"), vm.stats()["exits"]
+        before = vm.stats()["exits"]
         os.write(wfd, b"p")
         # paused: the byte lands in the UART and waits; the polling guest makes no exit
-        assert _wait(lambda: uart.rx_bytes >= 1, 5), "console byte never reached the UART"
+        assert _wait(lambda: vm.devices.get("serial", "serial").rx_bytes >= 1, 5), \
+            "console byte never reached the UART"
         assert vm.stats()["exits"] == before and "READY\np" not in sink.text()
         vm.resume()
         assert sink.wait_for(b"READY\np", 5)
