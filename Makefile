@@ -5,7 +5,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: demo vmm-demo test test-unit test-kvm test-linux setup sysdeps guest bench proto cffi clean
+.PHONY: demo vmm-demo test test-unit test-kvm test-linux setup sysdeps guest bench fuzz proto cffi clean
 
 # The main job: a node service booting the default guest through the Python client.
 demo: setup guest
@@ -41,7 +41,7 @@ sysdeps:
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml jailer/pyproject.toml $(PLUGINS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]' -e ./clients/python -e ./jailer $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
+	$(PY) -m pip install --quiet -e '.[test,fuzz]' -e ./clients/python -e ./jailer $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
 	touch $@
 
 # The Node.js client's packages (tests/clients/test_node_client.py): set-up reaches the
@@ -68,6 +68,13 @@ bench: setup guest
 	$(PY) bench/vsock.py
 	$(PY) bench/lifecycle.py
 	$(PY) bench/node.py
+
+# Every atheris fuzz target for FUZZ_RUNS inputs each (docs/fuzzing.md); crashing inputs
+# land in fuzz/artifacts/, corpora in fuzz/corpus/.
+FUZZ_RUNS ?= 100000
+FUZZ_JOBS ?= 1
+fuzz: setup
+	$(PY) -m fuzz --runs $(FUZZ_RUNS) --jobs $(FUZZ_JOBS) --corpus fuzz/corpus
 
 clean:
 	rm -rf $(VENV) tests/guests/out
