@@ -160,6 +160,18 @@ class ZygoteLauncher:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self._remove_parent_cgroup()
+
+    def _remove_parent_cgroup(self) -> None:
+        """This node's parent cgroup, in every hierarchy, once no VM's cgroup is left in it
+        (rmdir refuses a cgroup with children: re-adoptable VMs keep it)."""
+        from nodesvc_jailer import cgroup as cg
+        for _, mount, _ in cg.read_mounts():
+            path = os.path.join(mount, self.jail.parent_cgroup)
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
 
     # -- one VM -------------------------------------------------------------------------------
     def paths(self, vm_id: str) -> RunPaths:

@@ -33,6 +33,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -77,6 +78,12 @@ def warm_up() -> PluginManager:
 class Zygote:
     def __init__(self, socket_path: str):
         self.socket_path = socket_path
+        # The zygote lives as long as its node service (the VMMs it forked do not need
+        # it: the node is their subreaper); a new node starts a new zygote.
+        parent = os.getppid()
+        L.prctl(L.PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:     # the node died before the prctl
+            raise SystemExit(0)
         self.plugins = warm_up()
         try:
             os.unlink(socket_path)
