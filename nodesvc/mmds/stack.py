@@ -170,7 +170,12 @@ class MmdsStack:
             return None
         local, ip, port, mac, seq, ack, flags, payload, mss = out
         entry = self.tcp.connections.get((ip, port))
-        window = entry[0].local_window() if entry is not None and not flags & tcp.RST else 0
+        if flags & tcp.RST:
+            window = 0
+        elif entry is not None:
+            window = entry[0].local_window()
+        else:                       # a SYN cookie's SYN-ACK: no state, so an empty buffer
+            window = tcp.RCV_BUF_MAX_SIZE
         seg = tcp.build_segment(self.ip_bytes, ip, local, port, seq, ack, flags, window,
                                 payload, mss)
         hdr = _IPV4.pack(0x45, 0, 20 + len(seg), 0, 0x4000, IP_TTL, socket.IPPROTO_TCP, 0,

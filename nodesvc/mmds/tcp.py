@@ -6,7 +6,7 @@ with its limits: 30 connections, 100 queued RSTs, a 2500-byte receive buffer
 congestion control, no window scaling, no SACK, no timestamps. Retransmission
 happens on the first duplicate ACK or after an RTO of 300 ms; 15 RTOs without
 progress reset the connection. At the connection limit a SYN evicts a
-connection idle for more than 10 s, or is refused with a RST.
+connection idle for more than 10 s, or is answered with a SYN cookie.
 
 Nothing here owns time or threads: every entry point takes `now` (monotonic
 seconds) and `deadline()` says when the owner should call `next_segment` again
@@ -17,12 +17,17 @@ Differences from dumbo, each on purpose: the server waits for the ACK of its
 FIN (retransmitting it) instead of forgetting the connection once the FIN is
 sent; a request too large for the buffer gets a 413 and a FIN instead of a bare
 RST; a segment for another port gets a RST instead of silence; a SYN may carry
-ECN flags.
+ECN flags; at the connection limit a SYN gets a SYN cookie (RFC 4987 §3.6) instead of
+a RST, so a flood of SYNs that never complete (spoofed sources) cannot lock out a peer
+that does: only a returning ACK with a valid cookie makes state, evicting the oldest
+connection still in its handshake if it must.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import struct
 import sys
 from dataclasses import dataclass
@@ -41,6 +46,8 @@ RTO_COUNT_MAX = 15
 EVICTION_IDLE_SECONDS = 10.0      # dumbo: 40e9 TSC cycles
 MAX_CONNECTIONS = 30
 MAX_PENDING_RESETS = 100
+SYNCOOKIE_MSS = (536, 1300, 1440, 1460)   # Linux's table: 2 bits of the cookie
+SYNCOOKIE_SLOT_SECONDS = 8.0              # a cookie is good for 8 to 16 s
 _HDR = struct.Struct("!HHIIBBHHH")
 _PSEUDO = struct.Struct("!4s4sBBH")
 _MASK = 0xFFFFFFFF
@@ -416,15 +423,77 @@ class TcpHandler:
         self._isn = isn or _isn_generator()
         # key (remote ip bytes, remote port) -> (Connection, remote mac)
         self.connections: dict[tuple[bytes, int], tuple[Connection, bytes]] = {}
+        # stateless segments to send: RSTs and SYN cookies' SYN-ACKs (bounded together)
         self.resets: collections.deque = collections.deque()
         self.stats: collections.Counter[str] = collections.Counter()
+        # the cookie key comes from the ISN PRF: no getrandom on the event loop
+        self._cookie_key = b"".join((self._isn() & _MASK).to_bytes(4, "little")
+                                    for _ in range(8))
 
     def _queue_rst(self, key, mac: bytes, rst: tuple[int, int, int],
-                   local_port: int | None = None) -> None:
+                   local_port: int | None = None, mss: int | None = None) -> None:
         if len(self.resets) < self.max_pending_resets:
-            self.resets.append((key, mac, rst, self.port if local_port is None else local_port))
+            self.resets.append((key, mac, rst, self.port if local_port is None else local_port,
+                                mss))
         else:
             self.stats["rst_dropped"] += 1
+
+    # -- SYN cookies: (keyed hash of the 4-tuple, the peer's ISN, a time slot) with its
+    #    low 2 bits replaced by the peer's MSS class ----------------------------------------
+    def _cookie(self, key, peer_isn: int, slot: int) -> int:
+        ip, port = key
+        msg = ip + port.to_bytes(2, "big") + peer_isn.to_bytes(4, "big") + \
+            (slot & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+        return int.from_bytes(hmac.digest(self._cookie_key, msg, hashlib.sha256)[:4], "big")
+
+    def _send_cookie(self, seg: Segment, key, mac: bytes, now: float) -> None:
+        mss = seg.mss or MSS_DEFAULT
+        idx = max(i for i, m in enumerate(SYNCOOKIE_MSS) if i == 0 or m <= mss)
+        cookie = self._cookie(key, seg.seq, int(now // SYNCOOKIE_SLOT_SECONDS)) & ~3 | idx
+        self._queue_rst(key, mac, (cookie, (seg.seq + 1) & _MASK, SYN | ACK), mss=MSS_ADVERTISED)
+        self.stats["cookie_sent"] += 1
+
+    def _cookie_mss(self, seg: Segment, key, now: float) -> int | None:
+        """The MSS a valid cookie in this ACK carries, or None."""
+        cookie, peer_isn = (seg.ack - 1) & _MASK, (seg.seq - 1) & _MASK
+        slot = int(now // SYNCOOKIE_SLOT_SECONDS)
+        for s in (slot, slot - 1):
+            if (self._cookie(key, peer_isn, s) ^ cookie) & ~3 == 0:
+                return SYNCOOKIE_MSS[cookie & 3]
+        return None
+
+    def _accept_cookie(self, seg: Segment, key, mac: bytes, now: float) -> bool:
+        """An ACK for no connection: if it returns a valid cookie, the connection it
+        completes (True), or a RST when every slot holds a live established one."""
+        mss = self._cookie_mss(seg, key, now)
+        if mss is None:
+            return False
+        if len(self.connections) >= self.max_connections and not (
+                self._make_room(now) or self._evict_handshake()):
+            self._queue_rst(key, mac, rst_for(seg))
+            self.stats["refused"] += 1
+            return True
+        syn = Segment(seg.sport, seg.dport, (seg.seq - 1) & _MASK, 0, SYN, seg.window, mss, b"")
+        conn = Connection(syn, (seg.ack - 1) & _MASK, now, self.respond)
+        conn.synack_pending = False
+        conn.receive(seg, now)              # the handshake's ACK, and any data or FIN in it
+        if not conn.done:
+            self.connections[key] = (conn, mac)
+        self.stats["opened"] += 1
+        self.stats["cookie_accepted"] += 1
+        return True
+
+    def _evict_handshake(self) -> bool:
+        """Free the slot of the oldest connection still in its handshake: a peer that
+        completed a cookie has proved it is there, a half-open one has not."""
+        waiting = [(c.last_rx, k) for k, (c, _) in self.connections.items() if not c.established]
+        if not waiting:
+            return False
+        k = min(waiting)[1]
+        c, mac = self.connections.pop(k)
+        self._queue_rst(k, mac, (c.snd_nxt, c.rcv_nxt, RST | ACK))
+        self.stats["evicted_handshake"] += 1
+        return True
 
     def receive(self, seg: Segment, src_ip: bytes, src_mac: bytes, now: float) -> None:
         key = (src_ip, seg.sport)
@@ -444,13 +513,14 @@ class TcpHandler:
                 self.connections[key] = (conn, src_mac)
             return
         if seg.flags & CONTROL != SYN:
+            if seg.flags & (SYN | RST | ACK) == ACK and self._accept_cookie(seg, key, src_mac, now):
+                return
             if not seg.flags & RST:
                 self._queue_rst(key, src_mac, rst_for(seg))
             self.stats["unexpected"] += 1
             return
         if len(self.connections) >= self.max_connections and not self._make_room(now):
-            self._queue_rst(key, src_mac, rst_for(seg))
-            self.stats["refused"] += 1
+            self._send_cookie(seg, key, src_mac, now)
             return
         self.connections[key] = (Connection(seg, self._isn() & _MASK, now, self.respond), src_mac)
         self.stats["opened"] += 1
@@ -484,8 +554,8 @@ class TcpHandler:
         """(local port, remote ip, remote port, remote mac, seq, ack, flags, payload, mss),
         or None."""
         if self.resets:
-            (ip, port), mac, (seq, ack, flags), local = self.resets.popleft()
-            return local, ip, port, mac, seq, ack, flags, b"", None
+            (ip, port), mac, (seq, ack, flags), local, mss = self.resets.popleft()
+            return local, ip, port, mac, seq, ack, flags, b"", mss
         for key, (conn, mac) in list(self.connections.items()):
             if not conn.wants_send(now):
                 continue

@@ -331,14 +331,14 @@ def test_progress_resets_the_rto_count_and_dup_ack_retransmits_at_once():
     assert re.seq == out[1].seq and re.payload == out[1].payload
 
 
-def test_connection_cap_refuses_then_evicts_idle():
+def test_connection_cap_answers_a_cookie_then_evicts_idle():
     stack, clock = make()
     for i in range(tcp.MAX_CONNECTIONS):
         stack.handle(tcp_frame(20000 + i, 1, 0, SYN))
     assert len(segs(stack)) == tcp.MAX_CONNECTIONS
     stack.handle(tcp_frame(29999, 1, 0, SYN))
-    (rst,) = segs(stack)
-    assert rst.flags == RST | ACK and rst.dport == 29999
+    (cookie,) = segs(stack)                    # a SYN cookie, and no state for it
+    assert cookie.flags == SYN | ACK and cookie.dport == 29999 and cookie.window > 0
     assert len(stack.tcp.connections) == tcp.MAX_CONNECTIONS
     clock.t += tcp.EVICTION_IDLE_SECONDS + 1
     stack.handle(tcp_frame(29999, 1, 0, SYN))
@@ -346,6 +346,34 @@ def test_connection_cap_refuses_then_evicts_idle():
     assert [s.flags & (RST | SYN) for s in out].count(RST) == 1      # the evicted one
     assert any(s.flags == SYN | ACK and s.dport == 29999 for s in out)
     assert len(stack.tcp.connections) == tcp.MAX_CONNECTIONS
+
+
+def test_syn_cookie_completes_over_half_open_connections_and_is_checked():
+    stack, clock = make()
+    for i in range(tcp.MAX_CONNECTIONS):           # half-open: their SYN-ACKs go nowhere
+        stack.handle(tcp_frame(20000 + i, 7, 0, SYN))
+    segs(stack)
+    p = Peer(stack, sport=29999, mss=1400)
+    p.send(SYN)
+    (synack,) = segs(stack)
+    p.rcv = (synack.seq + 1) & 0xFFFFFFFF
+    p.send(ACK, ack=(p.rcv + 4) & 0xFFFFFFFF)      # a wrong cookie: a RST, no state
+    (rst,) = segs(stack)
+    assert rst.flags == RST and (socket.inet_aton(GUEST_IP), 29999) not in stack.tcp.connections
+    p.send(ACK | PSH, b"GET /latest/meta-data/ami-id HTTP/1.1\r\n\r\n")
+    out = segs(stack)
+    assert [(s.dport, s.flags) for s in out[:1]] == [(20000, RST | ACK)]  # oldest handshake
+    p.take(out[1:])
+    assert response_body(p.data) == (b"200", b"ami-123")
+    assert max(len(s.payload) for s in out) <= 1300                       # the cookie's MSS class
+    assert stack.tcp.stats["cookie_accepted"] == 1
+    # a cookie is good for one more time slot, not two
+    q = Peer(stack, sport=29998)
+    q.send(SYN)
+    (late,) = segs(stack)
+    clock.t += 2 * tcp.SYNCOOKIE_SLOT_SECONDS
+    q.send(ACK, ack=(late.seq + 1) & 0xFFFFFFFF)
+    assert [s.flags for s in segs(stack) if s.dport == 29998] == [RST]   # (and SYN-ACK RTOs)
 
 
 def test_connection_cap_reclaims_finished_exchanges_first():
