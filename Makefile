@@ -65,6 +65,7 @@ bench: setup guest
 	$(PY) bench/ratelimit.py
 	$(PY) bench/virtio_blk.py
 	$(PY) bench/virtio_net.py
+	$(PY) bench/mmds.py
 	$(PY) bench/vsock.py
 	$(PY) bench/lifecycle.py
 	$(PY) bench/node.py
