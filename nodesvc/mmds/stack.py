@@ -14,7 +14,8 @@ like Firecracker's speculative checks, so it costs next to nothing on frames
 that are not ours; `take(frame)` is both calls in one, usable as a TX filter.
 Frames to the MMDS address that are not well-formed ARP requests or TCP are
 dropped (counted), never passed on. Output order is Firecracker's: the ARP
-reply first (only the latest request is kept), then TCP. Replies come from MAC
+replies first (the latest request of each sender MAC, up to ARP_PENDING_MAX senders),
+then TCP. Replies come from MAC
 06:01:23:45:67:01 with IP TTL 1. Not supported, as in Firecracker: VLAN tags,
 IP fragments (dropped), IP options are skipped.
 
@@ -47,6 +48,11 @@ _ETH = struct.Struct("!6s6sH")
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _ETH_IP, _ETH_ARP = b"\x08\x00", b"\x08\x06"
+#: ARP replies waiting for a guest RX buffer, one per sender MAC. Firecracker keeps only the
+#: latest request, but then a guest's own request is lost whenever any other comes after
+#: it in the same TX pass (a flood of them from other senders); a TX pass handles up to 256
+#: chains, so this many senders cover most of one, the oldest giving way.
+ARP_PENDING_MAX = 64
 
 
 def parse_mac(mac: str | bytes) -> bytes:
@@ -84,7 +90,7 @@ class MmdsStack:
         self.verify_checksums = verify_checksums
         self.tcp = tcp.TcpHandler(port, mmds.respond, max_connections=max_connections,
                                   max_pending_resets=max_pending_resets, isn=isn)
-        self._arp_reply: tuple[bytes, bytes] | None = None   # (requester mac, requester ip)
+        self.arp_replies: dict[bytes, bytes] = {}            # requester mac -> its ip
         self.stats: collections.Counter[str] = collections.Counter()
 
     # -- guest TX ----------------------------------------------------------------------
@@ -121,7 +127,11 @@ class MmdsStack:
         if (htype, ptype, hlen, plen, op) != (1, 0x0800, 6, 4, 1) or tpa != self.ip_bytes:
             self.stats["rx_bad_arp"] += 1
             return
-        self._arp_reply = (sha, spa)                      # only the latest request is kept
+        replies = self.arp_replies
+        if sha not in replies and len(replies) >= ARP_PENDING_MAX:
+            del replies[next(iter(replies))]              # the oldest sender gives way
+            self.stats["arp_dropped"] += 1
+        replies[sha] = spa                                # a sender's latest request
 
     def _ipv4(self, frame: bytes, now: float) -> None:
         vihl, _, total, _, frag, _, proto, _, src, dst = _IPV4.unpack_from(frame, ETH_HLEN)
@@ -151,16 +161,16 @@ class MmdsStack:
     # -- guest RX ----------------------------------------------------------------------
     def has_pending(self, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
-        return self._arp_reply is not None or self.tcp.has_pending(now)
+        return bool(self.arp_replies) or self.tcp.has_pending(now)
 
     def next_deadline(self) -> float | None:
         return self.tcp.deadline()
 
     def pending_rx(self, now: float | None = None) -> bytes | None:
         """The next frame for the guest, or None; call until None while the guest has room."""
-        if self._arp_reply is not None:
-            mac, ip = self._arp_reply
-            self._arp_reply = None
+        if self.arp_replies:
+            mac = next(iter(self.arp_replies))
+            ip = self.arp_replies.pop(mac)
             self.stats["tx_arp"] += 1
             body = _ARP.pack(1, 0x0800, 6, 4, 2, self.mac, self.ip_bytes, mac, ip)
             return _ETH.pack(mac, self.mac, 0x0806) + body

@@ -6,6 +6,7 @@ import struct
 import pytest
 
 from nodesvc.mmds import Mmds, MmdsStack, tcp
+from nodesvc.mmds.stack import ARP_PENDING_MAX
 from nodesvc.mmds.tcp import ACK, FIN, PSH, RST, SYN, checksum, tcp_checksum
 from nodesvc.net.frames import ETH_P_ARP, ETH_P_IP, ethernet, ipv4_udp
 
@@ -164,6 +165,18 @@ def test_arp_reply_latest_request_only_and_before_tcp():
     assert (sha, spa) == (MMDS_MAC, socket.inet_aton(MMDS_IP))
     assert (tha, tpa) == (GUEST_MAC, socket.inet_aton("192.0.2.2"))
     assert parse_out(frames[1]).flags == SYN | ACK
+
+
+def test_arp_replies_one_per_sender_bounded_oldest_giving_way():
+    stack, _ = make()
+    macs = [bytes([2, 0, 0, 0, i >> 8, i & 0xFF]) for i in range(ARP_PENDING_MAX + 5)]
+    for mac in macs:
+        req = bytearray(arp_request())
+        req[6:12] = req[22:28] = mac           # Ethernet source and ARP sender
+        stack.handle(bytes(req))
+    frames = drain(stack)
+    assert [f[0:6] for f in frames] == macs[5:]
+    assert stack.stats["arp_dropped"] == 5
 
 
 def test_arp_that_is_not_a_request_is_consumed_silently():
