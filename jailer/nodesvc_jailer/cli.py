@@ -20,6 +20,7 @@ import os
 import sys
 
 from . import cgroup as cg
+from . import linux
 from .cleanup import cleanup, sweep
 from .jail import DEFAULT_BASE, Jail, JailError
 
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host path visible read-only inside the jail (repeatable)")
     p.add_argument("--keep-fd", action="append", type=int, default=[],
                    help="inherited fd to keep open across the jail (repeatable)")
+    p.add_argument("--new-netns", action="store_true",
+                   help="a new, empty network namespace (instead of --netns)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="set in the command's otherwise empty environment (repeatable)")
+    p.add_argument("--pid-fd", type=int,
+                   help="write the command's pid (in our pid namespace) here, then close it")
     p.add_argument("--cleanup", metavar="ID", help="remove the jail of ID and exit")
     p.add_argument("--sweep", action="store_true",
                    help="remove the jails whose cgroup holds no process, and exit")
@@ -80,12 +87,13 @@ def jail_from_args(a: argparse.Namespace) -> Jail:
     kw = {RESOURCE_LIMITS[k]: int(v) for k, v in rl.items()}
     for fd in a.keep_fd:
         os.set_inheritable(fd, True)
+    keep = tuple(a.keep_fd) + ((a.pid_fd,) if a.pid_fd is not None else ())
     return Jail(a.id, base_dir=a.chroot_base_dir, uid=a.uid, gid=a.gid,
                 uid_state_dir=a.uid_state_dir, uid_range=(int(first), int(last or first)),
                 netns=a.netns, cgroup_version=a.cgroup_version, parent_cgroup=a.parent_cgroup,
                 limits=cg.Limits(memory_bytes=a.memory_mib << 20 if a.memory_mib else None,
                                  cpus=a.cpus, pids=a.pids, raw=raw),
-                new_pid_ns=a.new_pid_ns, pid_ns_parent="relay", keep_fds=tuple(a.keep_fd),
+                new_pid_ns=a.new_pid_ns, pid_ns_parent="relay", keep_fds=keep,
                 ro_binds=tuple(a.ro_bind), seccomp=False, import_guard=False, **kw)
 
 
@@ -104,13 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
         if not a.id or not cmd:
             build_parser().error("--id and -- <command> are required")
+        env = {**_pairs(a.env, "--env"), "PATH": "/usr/bin:/bin"}
+        if a.new_netns and a.netns:
+            raise JailError("--new-netns and --netns exclude each other")
         jail = jail_from_args(a)
+        if a.new_netns:     # no network but the TAP fds handed in (the zygote does the same)
+            linux.unshare(linux.CLONE_NEWNET)
         jail.enter()
+        host_pid = jail.host_pid or os.getpid()
+        if a.pid_fd is not None:
+            os.write(a.pid_fd, f"{host_pid}\n".encode())
+            os.close(a.pid_fd)
     except (JailError, cg.CgroupError, OSError, ValueError) as e:
         print(f"nodesvc-jailer: {e}", file=sys.stderr)
         return 2
     try:
-        os.execve(cmd[0], cmd, {"PATH": "/usr/bin:/bin"})    # Firecracker clears the env too
+        # Firecracker clears the env too; the command may want its pid as the host sees it
+        os.execve(cmd[0], cmd, {**env, "NODESVC_JAIL_HOST_PID": str(host_pid)})
     except OSError as e:
         print(f"nodesvc-jailer: cannot exec {cmd[0]}: {e.strerror}", file=sys.stderr)
         return 127

@@ -88,6 +88,7 @@ class Jail:
     import_guard: bool = True
     #: set in the jailed process: its pid in the node's pid namespace (it is 1 in its own)
     host_pid: int | None = field(default=None, init=False)
+    _relay_alive: int | None = field(default=None, init=False, repr=False)
 
     # -- where things are ----------------------------------------------------------------
     @property
@@ -142,6 +143,9 @@ class Jail:
         if self.new_pid_ns:
             self._fork_into_pid_ns(uid, gid)
         drop_privileges(uid, gid)
+        if self._relay_alive is not None:
+            _die_with_relay(self._relay_alive)
+            self._relay_alive = None
         if self.seccomp:
             seccomp.arm(fault_fd)
             seccomp.install("vmm")
@@ -244,14 +248,10 @@ class Jail:
             os.setsid()     # the VMM leads its own session: no group signal reaches it
             for s in RELAYED_SIGNALS:
                 signal.signal(s, signal.SIG_DFL)
-            if relay:
-                L.prctl(L.PR_SET_PDEATHSIG, signal.SIGKILL)
-                try:    # (getppid() is 0 here: the parent is outside our pid namespace)
-                    if os.read(alive_r, 1) == b"":
-                        os._exit(1)     # the relay died between fork and prctl
-                except BlockingIOError:
-                    pass
-            os.close(alive_r)
+            if relay:   # PDEATHSIG once our uid changed: a credential change clears it
+                self._relay_alive = alive_r
+            else:
+                os.close(alive_r)
             return
         os.close(alive_r)
         os.close(pid_r)
@@ -276,6 +276,18 @@ def _forward(signum, frame) -> None:
             os.kill(_Relay.child, signum)
         except ProcessLookupError:
             pass
+
+
+def _die_with_relay(alive_r: int) -> None:
+    """SIGKILL when the relay dies. Set after setresuid: the kernel clears the parent-death
+    signal on every credential change (commit_creds), so set before it, it never fires."""
+    L.prctl(L.PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:    # (getppid() is 0 here: the parent is outside our pid namespace)
+        if os.read(alive_r, 1) == b"":
+            os._exit(1)     # the relay died before the prctl
+    except BlockingIOError:
+        pass
+    os.close(alive_r)
 
 
 def _wait_and_mirror(pid: int) -> int:

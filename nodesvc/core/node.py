@@ -28,6 +28,7 @@ from .live import LiveOps
 from .snapshots import SnapshotOps
 from .model import ACTIVE, DELETABLE, STARTABLE, TRANSITIONS, VmmInfo, VmRecord, VmState
 from .store import Store
+from .exec_jail import ExecJailLauncher
 from .launcher import ExecLauncher, JailConfig, ZygoteLauncher
 from .supervisor import (ExitInfo, RunPaths, VmmHandle, process_start_time, read_json,
                          spawn_vmm)
@@ -35,6 +36,7 @@ from .supervisor import (ExitInfo, RunPaths, VmmHandle, process_start_time, read
 log = logging.getLogger("nodesvc.core")
 S = VmState
 VANISHED = "VMM process vanished while the node service was down"
+JAIL_MODES = {"zygote": ZygoteLauncher, "exec": ExecJailLauncher}
 
 
 @dataclass
@@ -51,6 +53,9 @@ class NodeConfig:
     jail: JailConfig | None = None
     #: developers only: VMMs as plain children (root, host namespaces, no seccomp)
     no_jail: bool = False
+    #: "zygote": forked from one pre-imported process (fast, one ASLR layout for all);
+    #: "exec": a fresh jailed interpreter per VM (nodesvc/core/exec_jail.py)
+    jail_mode: str = "zygote"
     # Unjailed only: command(vm_id, paths) -> argv, then spawn(argv, ...) -> Popen.
     command: Callable[..., list[str]] | None = None
     spawn: Callable[..., object] = spawn_vmm
@@ -103,10 +108,13 @@ class Node(LiveOps, SnapshotOps):
                                          log_level=cfg.vmm_log_level, command=cfg.command,
                                          spawn=cfg.spawn)
         else:
+            if cfg.jail_mode not in JAIL_MODES:
+                raise ValueError(f"jail_mode must be one of {', '.join(JAIL_MODES)}, "
+                                 f"not {cfg.jail_mode!r}")
             jail = cfg.jail or JailConfig(os.path.join(cfg.state_dir, "jail"))
-            self.launcher = ZygoteLauncher(cfg.state_dir, jail,
-                                           metrics_interval=cfg.vmm_metrics_interval_s,
-                                           log_level=cfg.vmm_log_level)
+            self.launcher = JAIL_MODES[cfg.jail_mode](
+                cfg.state_dir, jail, metrics_interval=cfg.vmm_metrics_interval_s,
+                log_level=cfg.vmm_log_level)
 
     # -- open / close -------------------------------------------------------------------------
     async def open(self) -> None:

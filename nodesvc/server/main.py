@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-VM jail dirs (default: <state-dir>/jail)")
     j.add_argument("--uid-range", metavar="FIRST-LAST", default="900000-999999",
                    help="unprivileged uids/gids handed to VMMs, one per live VM")
+    j.add_argument("--jail-mode", choices=["zygote", "exec"], default="zygote",
+                   help="zygote: VMMs forked from one pre-imported process (fast start, "
+                        "small; one ASLR layout shared by all); exec: a fresh jailed "
+                        "interpreter per VM (own ASLR layout; slower start, more memory). "
+                        "See docs/security.md")
     j.add_argument("--no-jail", action="store_true",
                    help="DEVELOPMENT ONLY: run VMMs as root in the host's namespaces, "
                         "without seccomp")
@@ -92,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     jail = JailConfig(args.jail_base or os.path.join(args.state_dir, "jail"), (first, last))
     cfg = NodeConfig(
-        state_dir=args.state_dir, jail=jail, no_jail=args.no_jail,
+        state_dir=args.state_dir, jail=jail, no_jail=args.no_jail, jail_mode=args.jail_mode,
         capacity=Capacity.detect(memory_mib=args.memory_mib, reserve_mib=args.reserve_mib,
                                  cpu_overcommit=args.cpu_overcommit),
         event_history=args.event_history, default_grace_s=args.default_grace,

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import hostfiles
 from .errors import ConfigError, VmmError
 
 MAX_VCPUS = 32              # Firecracker's MAX_SUPPORTED_VCPUS
@@ -386,8 +387,8 @@ def _check_cmdline(path: str, args: str) -> None:
 
 
 def _read_head(path: str, file: str) -> bytes:
-    try:
-        with open(file, "rb") as f:
+    try:    # jailed (exec mode: checked in the jail): the descriptor the node handed in
+        with hostfiles.open_file(file) if hostfiles.handed(file) else open(file, "rb") as f:
             return f.read(0x210)
     except OSError as e:
         raise _fail(path, f"cannot read {file!r}: {e.strerror or e}") from None

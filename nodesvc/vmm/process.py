@@ -29,7 +29,7 @@ import time
 
 from ..mmds.store import InvalidDocument, LimitExceeded, NotInitialized
 from . import actions as A
-from . import control, hostfiles, trace
+from . import control, exec_mode, hostfiles, trace
 from .capabilities import Console, Drive, PowerButton, RateLimited
 from .control import FifoWriter, JsonLogHandler
 from .errors import ConfigError
@@ -476,12 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-interval", type=float, default=10.0,
                    help="seconds between metrics records (0: only on request and at exit)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    exec_mode.add_arguments(p)  # --jailed and what it takes (nodesvc-jailer runs us)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     timeline = trace.Timeline()     # first thing: the node service's spawn span ends here
     args = build_parser().parse_args(argv)
+    if args.jailed:
+        return exec_mode.run_jailed(args, timeline)
     proc = VmmProcess(args, timeline)
     timeline.mark("config_start")
     from .config import load_config_file

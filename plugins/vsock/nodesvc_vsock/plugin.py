@@ -45,10 +45,12 @@ def validate(config: Mapping[str, Any] | None) -> None:
         raise ConfigError(f"vsock.uds_path: longer than {SUN_PATH_MAX} bytes, "
                           f"the limit for a Unix socket path")
     parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
+    # exec mode validates jailed: the host dir is not there, the socket's place in /run is
+    seen = path if os.path.isdir(parent) else hostfiles.visible_path(path)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(seen))):
         raise ConfigError(f"vsock.uds_path: directory {parent} does not exist")
     # (followed: jailed, the path is a link to the socket the VMM makes in its jail)
-    if os.path.exists(path) and not stat.S_ISSOCK(os.stat(path).st_mode):
+    if os.path.exists(seen) and not stat.S_ISSOCK(os.stat(seen).st_mode):
         raise ConfigError(f"vsock.uds_path: {path} exists and is not a socket")
     vid = config.get("vsock_id")
     if vid is not None and not isinstance(vid, str):
