@@ -10,8 +10,8 @@ from what the node left open across both execs:
  1. the host files: `--hostfile KEY=FD` (kernel, initrd, drives, TAPs, and the run dir's
     FIFOs, which are root's) become the hostfiles table; `--relocate HOST=INSIDE` places
     the vsock socket in /run;
- 2. every import and the compiled filters, as the zygote's warm-up (the node says whether
-    the host is nested PVM: there is no /sys here);
+ 2. every import the zygote makes, the plugins loaded, the filters compiled (the node
+    says whether the host is nested PVM: there is no /sys here);
  3. the config (stdin), parsed, and the devices planned: their host-file checks see the
     handed descriptors; the control socket is bound in /run (the VMM's uid owns it);
  4. what `Jail.enter` does last: the SIGSYS reporter armed on the fault file the node
@@ -61,11 +61,17 @@ def run_jailed(args: argparse.Namespace, timeline: trace.Timeline) -> int:
     from nodesvc_jailer import seccomp
     from nodesvc_jailer.jail import ImportGuard
 
+    from . import zygote  # noqa: F401  (its imports: everything a VMM may need)
+    from ..plugins import PluginManager
     from .config import load_config_file
     from .errors import ConfigError
     from .process import CONSOLE_PIPE_SIZE, VmmProcess, write_exit_file
-    from .zygote import warm_up
-    plugins = warm_up()
+    # The zygote's warm-up minus what only pays off across forks (rehearsals, gc.freeze).
+    plugins = PluginManager.shared()
+    plugins.device_registry()
+    plugins.rate_limiter_registry()
+    seccomp.precompile()
+    import encodings.idna  # noqa: F401  (socket paths and names may need it)
 
     # The run dir's FIFOs are root's: the node opened them for us.
     fifo_fds = {}
