@@ -48,8 +48,10 @@ def request(inp: Input, rig: Rig) -> None:
         else inp.u32()
     sector = _sector(inp)
     hdr = HDR.pack(rtype, inp.u32() if inp.u8() > 240 else 0, sector)
+    intact = True
     if inp.u8() > 230:
         hdr = hdr[:inp.int_in(0, 16)] + inp.blob(8)   # short or long header
+        intact = hdr.startswith(HDR.pack(rtype, 0, sector)[:12]) or len(hdr) < 16
     nbytes = _data_len(inp)
     readable_bytes = hdr + (inp.bytes(nbytes) + bytes(nbytes))[:nbytes] if rtype == T_OUT else hdr
     readable = buffers(inp, rig, readable_bytes, max_bufs=4)
@@ -77,7 +79,7 @@ def request(inp: Input, rig: Rig) -> None:
         rig.may_write = True
     if head is not None and status is not None and rig.bump.hostile == hostile:
         rig.meta[head] = (rtype, sector, nbytes, writable[:-1] if shape < 200 else None,
-                          status, len(hdr) >= 16)
+                          status, len(hdr) >= 16 and intact)
 
 
 def check_completed(rig: Rig, used, dev) -> None:
@@ -88,8 +90,9 @@ def check_completed(rig: Rig, used, dev) -> None:
             continue
         rtype, sector, nbytes, data, status_addr, full_hdr = meta
         st = view[status_addr]
-        if rig.queues[0].tainted:
-            continue             # raw chains may have written anywhere, status bytes too
+        if rig.queues[0].tainted or rig.bump.hostile:
+            continue             # raw chains or a stretched buffer may have written over
+                                 # other requests (their headers, status bytes) too
         if st not in (S_OK, S_IOERR, S_UNSUPP):
             raise Finding(f"status byte {st} for request type {rtype}")
         if not full_hdr or st != S_OK:
