@@ -30,6 +30,7 @@
 #include <linux/net.h>
 #include <linux/reboot.h>
 #include <linux/slab.h>
+#include <linux/string.h>
 #include <linux/timer.h>
 #include <linux/uio.h>
 #include <linux/vm_sockets.h>
@@ -68,6 +69,12 @@ PARAM(uint, vsock_port, uint, 0);		/* vsock-connect: to CID 2 (the host) */
 PARAM(uint, listen_port, uint, 0);		/* vsock-listen */
 PARAM(uint, rng_bytes, uint, 64);
 PARAM(uint, ping_wait, uint, 5);		/* seconds */
+PARAM(char *, mmds_addr, charp, "169.254.169.254");	/* mmds: the V2 flow over TCP */
+PARAM(char *, mmds_path, charp, "/latest/meta-data/agent-check");
+PARAM(char *, mmds_expect, charp, NULL);	/* the body the GET must return (NULL: any) */
+PARAM(uint, mmds_ttl, uint, 60);		/* X-metadata-token-ttl-seconds */
+PARAM(uint, go_port, uint, 0);			/* wait-go: vsock port the host connects to */
+PARAM(uint, go_wait, uint, 300);		/* seconds */
 
 static char detail[160];
 static const char *current_check = "start";
@@ -426,6 +433,161 @@ static int __init check_boot_timer(void)
 	return ok("addr=%#lx value=%d", BOOT_TIMER_ADDR, BOOT_TIMER_MAGIC);
 }
 
+/* --- mmds: Firecracker's MMDS V2 session flow, on one keep-alive TCP connection ------ */
+
+static char http_buf[1024] __initdata;
+
+/*
+ * Send `req`, read one response framed by its Content-Length: HTTP status, or < 0.
+ * The body (NUL-terminated, cut to `blen`) goes to `body`, its full length to `*len`.
+ */
+static int __init http_exchange(struct socket *s, const char *req, char *body, int blen,
+				int *len)
+{
+	int got = 0, n, hdr = 0, clen = -1, status;
+	char *end = NULL, *p;
+
+	n = sock_send(s, NULL, 0, req, strlen(req));
+	if (n != strlen(req))
+		return n < 0 ? n : -EIO;
+	while (!end || got < hdr + clen) {
+		if (got >= sizeof(http_buf) - 1)
+			return -EMSGSIZE;
+		n = sock_recv(s, http_buf + got, sizeof(http_buf) - 1 - got);
+		if (n <= 0)
+			return n < 0 ? n : -ECONNRESET;
+		got += n;
+		http_buf[got] = '\0';
+		if (end)
+			continue;
+		end = strstr(http_buf, "\r\n\r\n");
+		if (!end)
+			continue;
+		hdr = end + 4 - http_buf;
+		for (p = http_buf; p && p < end; p = strstr(p, "\r\n"), p = p ? p + 2 : NULL)
+			if (!strncasecmp(p, "content-length:", 15))
+				clen = simple_strtol(skip_spaces(p + 15), NULL, 10);
+		if (clen < 0)
+			return -EPROTO;	/* MMDS always sends Content-Length */
+	}
+	if (strncmp(http_buf, "HTTP/1.", 7) || http_buf[8] != ' ')
+		return -EPROTO;
+	status = simple_strtol(http_buf + 9, NULL, 10);
+	*len = clen;
+	n = min(clen, blen - 1);
+	memcpy(body, http_buf + hdr, n);
+	body[n] = '\0';
+	return status;
+}
+
+/* PUT a token (TTL header), GET without it (401), GET with it (200, the test's value). */
+static int __init check_mmds(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(80),
+				 .sin_addr.s_addr = in_aton(mmds_addr) };
+	char req[256], token[80], body[128];
+	int err, st, noauth = 0, len = 0, tlen = 0;
+	struct socket *s;
+	u32 crc;
+
+	err = sock_open(AF_INET, SOCK_STREAM, IPPROTO_TCP, &s);
+	if (err)
+		return fail("socket err=%d", err);
+	err = kernel_connect(s, (struct sockaddr *)&a, sizeof(a), 0);
+	if (err) {
+		err = fail("connect %s:80 err=%d", mmds_addr, err);
+		goto out;
+	}
+	snprintf(req, sizeof(req), "PUT /latest/api/token HTTP/1.1\r\nHost: %s\r\n"
+		 "X-metadata-token-ttl-seconds: %u\r\n\r\n", mmds_addr, mmds_ttl);
+	st = http_exchange(s, req, token, sizeof(token), &tlen);
+	if (st != 200 || !tlen || tlen >= sizeof(token)) {
+		err = fail("token status=%d len=%d", st, tlen);
+		goto out;
+	}
+	snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", mmds_path, mmds_addr);
+	noauth = http_exchange(s, req, body, sizeof(body), &len);
+	if (noauth != 401) {
+		err = fail("token=%d noauth=%d (want 401)", tlen, noauth);
+		goto out;
+	}
+	snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nX-metadata-token: %s\r\n\r\n",
+		 mmds_path, mmds_addr, token);
+	st = http_exchange(s, req, body, sizeof(body), &len);
+	crc = crc32_le(~0U, body, min_t(int, len, sizeof(body) - 1)) ^ ~0U;
+	if (st != 200)
+		err = fail("token=%d noauth=%d status=%d", tlen, noauth, st);
+	else if (mmds_expect && strcmp(body, mmds_expect))
+		err = fail("token=%d noauth=%d status=%d len=%d body differs", tlen, noauth, st, len);
+	else
+		err = ok("token=%d noauth=%d status=%d len=%d crc32=%08x", tlen, noauth, st, len,
+			 crc);
+out:
+	sock_release(s);
+	return err;
+}
+
+/* --- wait-go: park with every device up until the host says go (snapshot point) ------- */
+
+static struct timer_list watchdog_timer;
+
+/*
+ * Listens on vsock `go_port`, prints READY and blocks in accept (up to go_wait s in all)
+ * until the host connects and sends a line; answers `GO` and waits for the host's close.
+ * A snapshot taken while it waits restores to a guest whose only vsock socket is this
+ * listener, which survives the restore's transport reset; a stream that the reset cuts
+ * (it may race the host's first CONNECT) is dropped and the next one accepted. The
+ * watchdog's deadline counts again from go.
+ */
+static int __init check_wait_go(void)
+{
+	struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
+				 .svm_port = go_port };
+	u64 t0 = ktime_get_ns(), end = t0 + (u64)go_wait * NSEC_PER_SEC;
+	struct socket *s, *c;
+	int err, n, got, tries = 0;
+	char line[32];
+
+	if (!go_port)
+		return fail("needs nodesvc_agent.go_port");
+	err = sock_open(AF_VSOCK, SOCK_STREAM, 0, &s);
+	if (err)
+		return fail("socket err=%d", err);
+	err = kernel_bind(s, (struct sockaddr *)&a, sizeof(a)) ?: kernel_listen(s, 1);
+	if (!err)
+		pr_info("AGENT wait-go READY %u\n", go_port);
+	for (got = 0; !err && !got; tries++) {
+		u64 now = ktime_get_ns();
+
+		if (now >= end) {
+			err = -ETIMEDOUT;
+			break;
+		}
+		s->sk->sk_rcvtimeo = nsecs_to_jiffies(end - now) + 1;
+		err = kernel_accept(s, &c, 0);
+		if (err)
+			break;
+		c->sk->sk_rcvtimeo = c->sk->sk_sndtimeo = timeout * HZ;
+		while (got < sizeof(line) && (!got || line[got - 1] != '\n')) {
+			n = sock_recv(c, line + got, sizeof(line) - got);
+			if (n <= 0)
+				break;
+			got += n;
+		}
+		if (got && line[got - 1] == '\n' && sock_send(c, NULL, 0, "GO\n", 3) == 3)
+			sock_recv(c, line, sizeof(line));	/* the host closes once it read GO */
+		else
+			got = 0;	/* reset or cut short: accept the next one */
+		sock_release(c);
+	}
+	sock_release(s);
+	mod_timer(&watchdog_timer, jiffies + deadline * HZ);
+	if (err)
+		return fail("port=%u listen/accept err=%d tries=%d", go_port, err, tries);
+	return ok("port=%u waited_ms=%llu tries=%d", go_port,
+		  (ktime_get_ns() - t0) / NSEC_PER_MSEC, tries);
+}
+
 static const struct {
 	const char *name;
 	int (*run)(void);
@@ -441,6 +603,8 @@ static const struct {
 	{ "vsock-listen", check_vsock_listen },
 	{ "rng", check_rng },
 	{ "boot-timer", check_boot_timer },
+	{ "mmds", check_mmds },
+	{ "wait-go", check_wait_go },
 };
 
 static void __init run_check(const char *name)
@@ -464,8 +628,6 @@ static void __init run_check(const char *name)
  * A timer, not a kthread: a kthread that exits runs `fwait` (fpu__drop), which the
  * nested-KVM hosts cannot emulate (the VM would end in an emulation failure).
  */
-static struct timer_list watchdog_timer;
-
 static void watchdog(struct timer_list *unused)
 {
 	pr_info("AGENT %s FAIL watchdog: no result within %us\n", current_check, deadline);

@@ -5,10 +5,16 @@ The child takes the descriptors of the files the config names (opened here, by t
 parent), plans its devices, enters a real jail (nodesvc_jailer: namespaces, cgroup,
 pivot_root, no capabilities, unprivileged uid, seccomp per thread) and runs the VM.
 Console output streams back through a pipe into a `CaptureSink` here; `stop`, `pause`,
-`resume`, `stats()` and `devices.get(kind, id)` are requests over a control pipe (device
-views are snapshots of a device's plain attributes). So a test written against MicroVm
-runs jailed unchanged, and a device plugin's author can check that their device works
-under the VMM's seccomp filters.
+`resume`, `stats()`, `create_snapshot()` and `devices.get(kind, id)` are requests over a
+control pipe (device views are snapshots of a device's plain attributes). So a test
+written against MicroVm runs jailed unchanged, and a device plugin's author can check
+that their device works under the VMM's seccomp filters.
+
+Snapshots as the node takes them: `JailedVm(cfg, snapshot_files=(state, mem))` hands the
+two files in (created here), `create_snapshot()` writes them while paused, and
+`JailedVm.restore(state, mem, overrides=...)` builds a new jailed VMM from them (the state
+is read here, so the drives and the overridden TAP can be opened and handed in).
+`metadata=` is the MMDS's first document, in the store before the guest runs.
 
 Needs root (namespaces, cgroups, mknod). The test process becomes a child subreaper, so
 it reaps the jailed VMM (pid 1 of its namespace) itself.
@@ -45,6 +51,8 @@ def _plain(obj) -> SimpleNamespace:
 
 def _device_view(dev) -> SimpleNamespace:
     view = _plain(dev)
+    if callable(getattr(dev, "stats_dict", None)):    # a device's counters (virtio-net)
+        view.counters = dev.stats_dict()
     transport = getattr(dev, "transport", None)
     if transport is not None:
         view.transport = _plain(transport)
@@ -116,8 +124,12 @@ class _Devices:
 
 class JailedVm:
     def __init__(self, config, *, jail_base: str, vm_id: str | None = None,
-                 console_in_fd: int | None = None, limits=None, plugins=None):
+                 console_in_fd: int | None = None, limits=None, plugins=None,
+                 metadata=None, snapshot_files: tuple[str, str] | None = None,
+                 restore_state: dict | None = None, restore_mem: str | None = None):
         self.config, self.jail_base = config, jail_base
+        self.metadata, self.snapshot_files = metadata, snapshot_files
+        self._restore = (restore_state, restore_mem) if restore_state is not None else None
         self.vm_id = vm_id or f"t{os.getpid()}-{next(_ids)}"
         self.console_in_fd, self.limits, self.plugins = console_in_fd, limits, plugins
         self.sink = CaptureSink()
@@ -127,6 +139,18 @@ class JailedVm:
         self._summary: dict | None = None
         self._lock = threading.Lock()
         self.created_at = time.monotonic()
+
+    @classmethod
+    def restore(cls, state_path: str, mem_path: str, *, overrides: dict | None = None,
+                **kwargs) -> "JailedVm":
+        """A jailed VM restored from a snapshot (not started: `start()` runs it). The
+        state file is read and checked here; the memory file is handed in read-only."""
+        from nodesvc.vmm.snapshot import load_state
+        from nodesvc.vmm.snapshot.restore import config_from_state
+        with open(state_path, "rb") as sf, open(mem_path, "rb") as mf:
+            state = load_state(sf.fileno(), mf.fileno())
+        return cls(config_from_state(state, overrides), restore_state=state,
+                   restore_mem=mem_path, **kwargs)
 
     # -- the jail -----------------------------------------------------------------------------
     @property
@@ -161,6 +185,10 @@ class JailedVm:
             elif d.kind == "virtio-net":
                 out[hostfiles.tap_key(c.get("netns"), c["host_dev_name"])] = \
                     open_tap(c["host_dev_name"], c.get("netns")).fd
+        for path in self.snapshot_files or ():
+            out[path] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        if self._restore:
+            out[self._restore[1]] = os.open(self._restore[1], os.O_RDONLY | os.O_CLOEXEC)
         return out
 
     def start(self) -> None:
@@ -207,6 +235,7 @@ class JailedVm:
         from nodesvc.plugins import PluginManager
         from nodesvc.vmm.vm import MicroVm
         from nodesvc_jailer import Jail, Limits, linux as L, seccomp
+        import nodesvc.vmm.snapshot  # noqa: F401  (nothing imports once jailed)
         hostfiles.install(files)
         for path in vsock:
             hostfiles.relocate(path, VSOCK_IN_JAIL)
@@ -214,6 +243,8 @@ class JailedVm:
                      console_in_fd=self.console_in_fd,
                      plugins=self.plugins or PluginManager.shared(),
                      thread_hooks=seccomp.thread_hooks())
+        if self.metadata is not None:
+            vm.mmds.mmds.put(self.metadata)
         vm.build(("plugins",))
         L.unshare(L.CLONE_NEWNET)
         keep = tuple(int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2)
@@ -225,6 +256,8 @@ class JailedVm:
         j.enter()
         os.close(pid_w)
         try:
+            if self._restore:
+                self._restore_into(vm)
             vm.start()
         except Exception as e:
             _send(rep_w, ("final", {"error": f"{type(e).__name__}: {e}"}))
@@ -244,6 +277,26 @@ class JailedVm:
             _send(rep_w, ("final", summary))
         return 0
 
+    def _restore_into(self, vm) -> None:
+        from nodesvc.vmm.snapshot.restore import restore_into
+        fd = hostfiles.open_fd(self._restore[1])
+        try:
+            restore_into(vm, self._restore[0], fd)
+        finally:
+            os.close(fd)    # the mapping holds the file
+
+    def _snapshot(self, vm) -> dict:
+        from nodesvc.vmm.snapshot import create_snapshot
+        from nodesvc.vmm.snapshot.files import open_for_write
+        if not self.snapshot_files:
+            raise ValueError("JailedVm(snapshot_files=...) was not given")
+        fds = [open_for_write(p) for p in self.snapshot_files]
+        try:
+            return create_snapshot(vm, *fds, meta={"vm_id": self.vm_id})
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def _serve(self, vm, ctl_r, rep_w) -> None:
         """Child: requests from the test process, answered in order."""
         while True:
@@ -262,6 +315,11 @@ class JailedVm:
                 out = None
             elif cmd == "stats":
                 out = vm.stats()
+            elif cmd == "snapshot":
+                try:
+                    out = self._snapshot(vm)
+                except Exception as e:     # raised in the test process
+                    out = RuntimeError(f"snapshot failed: {type(e).__name__}: {e}")
             elif cmd == "device":
                 out = _device_view(vm.devices.get(*args))
             else:
@@ -314,6 +372,11 @@ class JailedVm:
 
     def resume(self) -> None:
         self._ask("resume")
+
+    def create_snapshot(self) -> dict:
+        """Write the snapshot into `snapshot_files` (pause first); create_snapshot's
+        figures (sizes, seconds per part)."""
+        return self._ask("snapshot")
 
     def stats(self) -> dict:
         if self._summary is not None and "stats" in self._summary:

@@ -6,6 +6,7 @@ Linux drivers and network stack, prints `AGENT <check> OK|FAIL <detail>` per che
 `AGENT DONE`, then resets the VM. Meanwhile the host side runs UDP/TCP echo servers inside a
 network namespace (the TAP lives there), a vsock listener on `<uds_path>_<port>`, and a
 thread that pings the guest and opens a host-initiated vsock stream while the agent listens.
+The VMM's MMDS (V2) serves eth0 with a document put before the boot; the agent reads it.
 Each test below asserts one check's line *and* the host-side fact it stands for.
 """
 
@@ -18,7 +19,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -26,15 +26,13 @@ from nodesvc.net.netns import NetNamespace, delete_link
 from nodesvc.vmm import cmdline as cmdline_mod
 from nodesvc.vmm.config import DeviceSpec, load_config_file
 from nodesvc.testing.jailed import JailedVm
-from nodesvc.vmm.console import CaptureSink
 from nodesvc.vmm.exits import ExitReason, VmExit
 
-from tests.linux.agent_host import (HostSide, crc32_hex, icmp_ping, parse_results, tcp_echo,
-                                    udp_echo, unix_echo, vsock_host_connect)
+from tests.linux.agent_host import (HostSide, build_agent_kernel, crc32_hex,
+                                    missing_host_capability, parse_results, start_host_thread,
+                                    tcp_echo, udp_echo, unix_echo)
 
 pytestmark = [pytest.mark.kvm, pytest.mark.linux]
-
-GUEST = Path(__file__).resolve().parents[2] / "guest"
 
 #: ~20-40 s on an idle nested-KVM host; CI hosts are noisy.
 BOOT_BUDGET = 240
@@ -55,16 +53,12 @@ WRITE_OFF, WRITE_LEN, PATTERN = 8192, 4096, "nodesvc-agent-wrote-this"
 BUCKET, REFILL_MS = 128 << 10, 250
 RATE = BUCKET * 1000 / REFILL_MS              # bytes per second
 WARMUP, THROTTLE_BYTES = 2 * BUCKET, 1536 << 10   # ~3 s at the limit
-CHECKS = ("boot-timer,blk-read,blk-write,ext4,blk-throttle,rng,udp,tcp,"
+# mmds: the V2 flow against the VMM's metadata service on eth0 (after tcp: the gateway,
+# through which 169.254.169.254 is routed, is in the ARP cache by then)
+MMDS_VALUE = f"nodesvc-mmds-{os.urandom(6).hex()}"
+METADATA = {"latest": {"meta-data": {"agent-check": MMDS_VALUE, "other": "x"}}}
+CHECKS = ("boot-timer,blk-read,blk-write,ext4,blk-throttle,rng,udp,tcp,mmds,"
           "vsock-connect,vsock-listen")
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "not root (network namespaces and TAP creation need it)"
-    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
-        return "/dev/net/tun is not usable"
-    return None
 
 
 @dataclass
@@ -97,37 +91,21 @@ def _boot_args() -> str:
         "throttle_warmup": WARMUP,
         "host": HOST_IP, "udp_port": UDP_PORT, "tcp_port": TCP_PORT,
         "vsock_port": VSOCK_PORT, "listen_port": LISTEN_PORT, "rng_bytes": 64,
+        "mmds_path": "/latest/meta-data/agent-check", "mmds_expect": MMDS_VALUE,
     }
     return " ".join([cmdline_mod.DEFAULT_BOOT_ARGS,
                      f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off",
                      *(f"nodesvc_agent.{k}={v}" for k, v in agent.items())])
 
 
-def _host_thread(sink: CaptureSink, ns, uds: str, out: HostSide, stop: threading.Event):
-    """While the agent waits in vsock-listen: ping the guest, then CONNECT to its port."""
-    try:
-        marker = f"AGENT vsock-listen READY {LISTEN_PORT}".encode()
-        while not stop.is_set() and not out.ready_seen:
-            out.ready_seen = sink.wait_for(marker, 0.5)
-        if not out.ready_seen:
-            return
-        out.ping_rtt = icmp_ping(ns.socket, GUEST_IP)
-        out.connect_line, out.echo = vsock_host_connect(uds, LISTEN_PORT, HOST_PAYLOAD)
-    except Exception as e:  # reported by the tests, never lost in a thread
-        out.errors.append(repr(e))
-
-
 @pytest.fixture(scope="module")
 def agent_kernel(guest_kernel):
-    """guest/out/vmlinux-agent as guest/agent/ is now: the recipe relinks a cached build in
-    well under a second, and rebuilds (~4 min) only when the agent or recipe changed."""
-    subprocess.run(["bash", str(GUEST / "build.sh")], check=True)
-    return GUEST / "out" / "vmlinux-agent", guest_kernel[1]
+    return build_agent_kernel(), guest_kernel[1]
 
 
 @pytest.fixture(scope="module")
 def agent_boot(agent_kernel, tmp_path_factory, jail_base):
-    missing = _missing()
+    missing = missing_host_capability()
     if missing:
         pytest.skip(missing)
     if not shutil.which("mkfs.ext4"):   # a set-up step, never installed by a test
@@ -165,6 +143,7 @@ def agent_boot(agent_kernel, tmp_path_factory, jail_base):
         ],
         "vsock": {"guest_cid": VSOCK_CID, "uds_path": uds},
         "entropy": {},
+        "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]},
     }
 
     ns = NetNamespace("agent")
@@ -182,15 +161,14 @@ def agent_boot(agent_kernel, tmp_path_factory, jail_base):
         servers["tcp"] = tcp_echo(ns.socket, TCP_PORT)
         # jailed, as the node runs it: the guest's own vsock connections land in its jail's
         # run dir, at a listener the VM's unprivileged uid may connect to
-        vm = JailedVm(cfg, vm_id="agent-boot", jail_base=jail_base)
+        vm = JailedVm(cfg, vm_id="agent-boot", jail_base=jail_base, metadata=METADATA)
         sink = vm.sink
         t0 = time.monotonic()
         vm.start()
         servers["vsock"] = unix_echo(vm.guest_vsock_path(VSOCK_PORT))
         os.chmod(vm.guest_vsock_path(VSOCK_PORT), 0o666)
-        helper = threading.Thread(target=_host_thread, args=(sink, ns, uds, host, stop),
-                                  name="agent-host", daemon=True)
-        helper.start()
+        helper = start_host_thread(sink, ns, uds, GUEST_IP, LISTEN_PORT, HOST_PAYLOAD, host,
+                                   stop)
         if vm.wait(BOOT_BUDGET) is None:
             vm.stop(f"timeout after {BOOT_BUDGET}s")
         result = vm.shutdown()
@@ -269,6 +247,21 @@ def test_udp_echo_through_the_tap(agent_boot):
 def test_tcp_echo_through_the_tap(agent_boot):
     _ok(agent_boot, "tcp")
     assert b"nodesvc-agent tcp\n" in agent_boot.servers["tcp"].received
+
+
+def test_mmds_v2_token_flow_from_the_guest(agent_boot):
+    """PUT /latest/api/token, a GET without the token (401), a GET with it: the body is
+    the document's leaf as IMDS text, read by the guest's own TCP stack."""
+    r = _ok(agent_boot, "mmds")
+    assert int(r.fields["token"]) == 48          # base64 of 36 bytes (docs/mmds.md)
+    assert r.fields["noauth"] == "401"
+    assert r.fields["status"] == "200"
+    assert int(r.fields["len"]) == len(MMDS_VALUE)
+    assert r.fields["crc32"] == crc32_hex(MMDS_VALUE.encode())
+    # the net device took those frames off TX for its MMDS stack (they never reach the TAP)
+    # and put the stack's answers into the guest's RX
+    counters = agent_boot.vm.devices.get("virtio-net", "eth0").counters
+    assert counters["tx_mmds"] > 0 and counters["rx_mmds"] > 0, counters
 
 
 def test_host_pings_the_guest(agent_boot):
