@@ -186,8 +186,19 @@ class Cgroup:
         dirs = self.existing_dirs()
         if not dirs:
             raise CgroupError(f"the cgroup of {self.vm_id} does not exist")
+        # A write to cgroup.procs write-locks the global cgroup_threadgroup_rwsem, which
+        # waits for an RCU grace period (10-90 ms on our hosts, most of the jail's wall
+        # time). A v1 `tasks` write of "0" moves only the calling thread, and the kernel
+        # skips that lock for it (cgroup_procs_write_start: pid 0, one thread). For a
+        # single-threaded caller (a freshly forked zygote child) that thread is the
+        # whole process, and every process it forks later starts in the same cgroups.
+        own = pid in (0, os.getpid())
+        if self.version == 1 and own and _single_threaded():
+            name, value = "tasks", "0"
+        else:
+            name, value = "cgroup.procs", str(pid or os.getpid())
         for d in dirs:
-            _write(os.path.join(d, "cgroup.procs"), str(pid or os.getpid()))
+            _write(os.path.join(d, name), value)
 
     # -- the end ---------------------------------------------------------------------
     def oom_kills(self) -> int:
@@ -237,6 +248,13 @@ class Cgroup:
                 break
             time.sleep(0.005)   # a killed process leaves its cgroup when it is reaped
         return not dirs
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def _makedirs(path: str) -> None:
