@@ -57,22 +57,105 @@ from nodesvc_jailer.fdpass import recv_fds
 
 log = logging.getLogger("nodesvc.vmm.zygote")
 MAX_REQUEST = 1 << 20
+_VMM_ARGS = None    # the VMM's argument parser, built by warm_up()
+REHEARSALS = 10     # enough calls for CPython to quicken what a child runs before its jail
 
 
-def warm_up() -> PluginManager:
+class Prebuilt:
+    """The zygote's plugin manager with its registries filled once, here.
+
+    Filling one runs every plugin's hook through pluggy (a hook caller per plugin); in
+    each forked child that cost ~1 ms of CPU and, worse, wrote to hundreds of the
+    zygote's objects (copy-on-write: more unique memory per VMM). A registry is only
+    read once filled, so every child can use the zygote's."""
+
+    def __init__(self, manager: PluginManager):
+        self.manager = manager
+        self._devices = manager.device_registry()
+        self._limiters = manager.rate_limiter_registry()
+
+    def device_registry(self):
+        return self._devices
+
+    def rate_limiter_registry(self):
+        return self._limiters
+
+    def __getattr__(self, name):
+        return getattr(self.manager, name)
+
+
+def warm_up() -> Prebuilt:
     """Import every plugin and what it imports lazily; compile the filters."""
-    plugins = PluginManager.shared()
-    plugins.device_registry()
-    plugins.rate_limiter_registry()
+    plugins = Prebuilt(PluginManager.shared())
     seccomp.precompile()
     host_is_nested_pvm()    # /sys is not in the jail: the answer is cached for the forks
     import encodings.idna  # noqa: F401  (socket paths and names may need it)
+    global _VMM_ARGS
+    _VMM_ARGS = build_parser()     # once: building it per VM cost each child ~2 ms
     # Everything imported so far lives as long as the zygote: move it out of the
     # collector's reach, so a child's collections never write to (and so copy) the
     # pages it shares with the zygote: less unique memory per VMM, fewer COW faults.
     gc.collect()
     gc.freeze()
     return plugins
+
+
+def rehearse(plugins, rounds: int = REHEARSALS) -> None:
+    """Run a child's steps up to the jail here, a few times, on a throwaway VM.
+
+    What runs for the first time in a forked child writes to the zygote's pages, each
+    write a copy-on-write fault and a page of the VMM's own: CPython 3.11 quickens a
+    function's bytecode in place after a few calls, specializes its instructions as
+    they run, and fills lazy caches (the control protocol's type hints, argparse's
+    formatters). Done here, those pages stay shared by every VMM. Nothing outlives it:
+    its socket, pipes and log handler go, the signal handlers are put back, and no
+    thread or KVM object is ever made. A rehearsal that fails only costs memory."""
+    try:
+        _rehearse(plugins, rounds)
+    except Exception:
+        log.exception("rehearsal failed (VMMs start anyway, with more unique memory)")
+
+
+def _rehearse(plugins, rounds: int) -> None:
+    import tempfile
+    from nodesvc.vmm import actions as A
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    root = logging.getLogger("nodesvc")
+    level = root.level
+    try:
+        with tempfile.TemporaryDirectory(prefix="nodesvc-zygote-") as d:
+            kernel = os.path.join(d, "vmlinux")     # the config check reads only the magic
+            with open(kernel, "wb") as f:
+                f.write(b"\x7fELF" + bytes(60))
+            fc = {"boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
+                  "machine-config": {"vcpu_count": 1, "mem_size_mib": 16}}
+            argv = ["--id", "rehearsal", "--config-file", "-", "--control-socket",
+                    os.path.join(d, "c.sock"), "--metrics-interval", "0"]
+            for _ in range(rounds):
+                proc = VmmProcess(_VMM_ARGS.parse_args(argv), trace.Timeline(),
+                                  plugins=plugins)
+                try:
+                    proc.open()
+                    proc.plan(parse_config(fc))
+                    proc.handle_line(b'{"id": 1, "op": "status"}')
+                finally:
+                    proc.close()
+                    if hasattr(proc, "log_handler"):
+                        root.removeHandler(proc.log_handler)
+                    proc.sel.close()
+                    os.close(proc.wake_r)
+                    os.close(proc.wake_w)
+                    if os.path.exists(proc.args.control_socket):
+                        os.unlink(proc.args.control_socket)
+    finally:
+        root.setLevel(level)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    for cls in A.ACTIONS.values():      # the protocol's per-class caches, every action
+        try:
+            A.decode_request({"op": cls.name})
+        except A.ActionError:
+            pass
 
 
 class Zygote:
@@ -85,6 +168,9 @@ class Zygote:
         if os.getppid() != parent:     # the node died before the prctl
             raise SystemExit(0)
         self.plugins = warm_up()
+        rehearse(self.plugins)
+        gc.collect()
+        gc.freeze()     # what the rehearsal left (caches) is the zygote's too
         try:
             os.unlink(socket_path)
         except FileNotFoundError:
@@ -158,7 +244,7 @@ def run_child(req: dict, fds: list[int], pid_w: int, plugins) -> int:
     for host, inside in jail.get("relocate", ()):
         hostfiles.relocate(host, inside)
     timeline = trace.Timeline()
-    args = build_parser().parse_args(req["argv"])
+    args = (_VMM_ARGS or build_parser()).parse_args(req["argv"])
     proc = VmmProcess(args, timeline, plugins=plugins, thread_hooks=seccomp.thread_hooks(),
                       after_start=lambda: seccomp.install("control"))
     try:
