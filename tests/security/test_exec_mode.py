@@ -23,7 +23,7 @@ from nodesvc.core.launcher import JailConfig
 from nodesvc_jailer import UidAllocator
 from nodesvc_jailer import cgroup as cg
 from tests.security.conftest import NS_KINDS, Witnesses, _missing, remove_jails
-from tests.security.test_hostile_device import Console, _type
+from tests.security.test_hostile_device import Console, _alive, _type
 from tests.service.conftest import NodeServer, read_console_until, vm_spec, wait_state
 
 pytestmark = [pytest.mark.jail, pytest.mark.kvm]
@@ -116,8 +116,8 @@ def _gone(s, vm_id: str, relay: int | None = None) -> None:
     for t, d, _ in cg.read_mounts():
         if t == "cgroup":
             assert not os.path.exists(os.path.join(d, parent, vm_id)), d
-    if relay is not None:
-        assert not os.path.exists(f"/proc/{relay}")
+    if relay is not None:   # ended (a zombie until its parent, or init, reaps it)
+        assert not _alive(relay)
 
 
 def _relay_of(s, vm_pid: int) -> int:
@@ -348,3 +348,26 @@ def test_sigkill_of_the_vmm_or_its_relay_leaves_nothing(exec_node, guest):
     assert _fds(s.proc.pid) == node_fds
     assert _pids_with(b"\0--id\0xcrash\0") == []     # no relay, no VMM of it
     s.stub.DeleteVm(pb.DeleteVmRequest(vm_id="xcrash"))
+
+
+def test_readopted_after_a_node_restart_and_cleaned(make_server, guest, probe):
+    """The relays were the dead node's children: the new node watches the VMMs by pid,
+    drives them, and removes their jails when they end (stopped, or killed)."""
+    s = make_server("--jail-mode", "exec")
+    stopped, killed = _start(s, guest, "xre-stop"), _start(s, guest, "xre-kill")
+    s.stop(signal.SIGKILL)
+    s2 = make_server("--jail-mode", "exec")
+    for vm in (stopped, killed):
+        again = s2.stub.GetVm(pb.GetVmRequest(vm_id=vm.id)).vm
+        assert again.state == ST.VM_STATE_RUNNING and again.vmm_pid == vm.vmm_pid
+        assert probe.status(vm.vmm_pid)["Seccomp"] == "2"
+    s2.stub.PauseVm(pb.PauseVmRequest(vm_id="xre-stop"))
+    s2.stub.ResumeVm(pb.ResumeVmRequest(vm_id="xre-stop"))
+    vm = s2.stub.StopVm(pb.StopVmRequest(vm_id="xre-stop", force=True), timeout=30).vm
+    assert vm.state == ST.VM_STATE_STOPPED
+    _gone(s2, "xre-stop")
+    relay = _relay_of(s2, killed.vmm_pid)
+    os.kill(killed.vmm_pid, signal.SIGKILL)
+    vm = wait_state(s2.stub, "xre-kill", ST.VM_STATE_FAILED, timeout=30)
+    assert vm.vmm_pid == 0
+    _gone(s2, "xre-kill", relay)
