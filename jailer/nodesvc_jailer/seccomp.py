@@ -116,8 +116,10 @@ RULES: dict[str, dict[str, list[tuple]]] = {
     # exit, as in Firecracker): the net device sets the TAP's offloads to what was
     # negotiated, on a TAP fd the node attached.
     "vcpu": {**COMMON, **DATA_PATH, "ioctl": _one_of(1, VCPU_IOCTLS + (TUNSETOFFLOAD,))},
+    # A snapshot restore activates the devices on the event loop instead
+    # (nodesvc/vmm/snapshot/devices.py): the net device sets the TAP's offloads there.
     "loop": {**COMMON, **DATA_PATH, **UNIX_SOCKETS, **EVENTS,
-             "ioctl": _one_of(1, FD_IOCTLS)},
+             "ioctl": _one_of(1, FD_IOCTLS + (TUNSETOFFLOAD,))},
     "control": {**COMMON, **DATA_PATH, **UNIX_SOCKETS, **EVENTS,
                 "ioctl": _one_of(1, FD_IOCTLS + VCPU_IOCTLS + SNAPSHOT_IOCTLS),
                 # helper threads only: a clone without CLONE_THREAD (fork) is refused
