@@ -7,8 +7,10 @@ writes its snapshot (state + memory file, handed in as descriptors), ends it, an
 the files into a second jailed VMM whose eth0 is a *new* TAP in a *new* network namespace
 (and a new vsock socket path). Its CONNECT to the go port proves the listener survived the
 restore's vsock transport reset; the agent then reads and writes the drives, draws from
-virtio-rng, does UDP and TCP through the new TAP, and vsock in both directions. The
-restored VM never boots: no `AGENT START`, no kernel load.
+virtio-rng, does UDP and TCP through the new TAP, reads the MMDS (V2; the snapshot keeps
+the mmds-config, not the data store, as Firecracker's does: the restored VMM gets its
+document before it runs), and does vsock in both directions. The restored VM never boots:
+no `AGENT START`, no kernel load.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ UDP_PORT, TCP_PORT = 5311, 5312
 VSOCK_CID, VSOCK_PORT, LISTEN_PORT, GO_PORT = 3, 5211, 5212, 5213
 HOST_PAYLOAD = b"nodesvc host->restored guest\n"
 WRITE_OFF, WRITE_LEN, PATTERN = 4096, 4096, "written-after-the-restore"
-AFTER_GO = ("blk-read", "blk-write", "rng", "udp", "tcp", "vsock-connect", "vsock-listen")
+MMDS_VALUE = f"restored-{os.urandom(6).hex()}"
+METADATA = {"latest": {"meta-data": {"agent-check": MMDS_VALUE}}}
+AFTER_GO = ("blk-read", "blk-write", "rng", "udp", "tcp", "mmds", "vsock-connect",
+            "vsock-listen")
 CHECKS = ",".join(("wait-go",) + AFTER_GO)
 
 
@@ -52,6 +57,7 @@ def _boot_args() -> str:
         "write_len": WRITE_LEN, "pattern": PATTERN,
         "host": HOST_IP, "udp_port": UDP_PORT, "tcp_port": TCP_PORT,
         "vsock_port": VSOCK_PORT, "listen_port": LISTEN_PORT, "rng_bytes": 64,
+        "mmds_expect": MMDS_VALUE,
     }
     return " ".join([cmdline_mod.DEFAULT_BOOT_ARGS,
                      f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off",
@@ -62,6 +68,9 @@ def _send_go(uds: str, figures: dict, tries: int = 10) -> bytes:
     """CONNECT to the go port until the agent answers GO; a stream the restore's transport
     reset cut, or one the VMM refused, is retried (what happened goes into `figures`)."""
     reply, figures["go_failures"] = b"", []
+    deadline = time.monotonic() + 10    # the VMM's vsock socket appears once the loop runs
+    while not os.path.exists(uds) and time.monotonic() < deadline:
+        time.sleep(0.02)
     for attempt in range(1, tries + 1):
         try:
             line, reply = vsock_host_connect(uds, GO_PORT, b"go\n", timeout=20)
@@ -118,6 +127,7 @@ def snapshot_run(guest_kernel, tmp_path_factory, jail_base):
         ],
         "vsock": {"guest_cid": VSOCK_CID, "uds_path": uds_src},
         "entropy": {},
+        "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]},
     }
     ns_src, ns_dst = NetNamespace("agsnap-a"), NetNamespace("agsnap-b")
     servers, stop, host, figures = {}, threading.Event(), HostSide(), {}
@@ -157,7 +167,8 @@ def snapshot_run(guest_kernel, tmp_path_factory, jail_base):
                      "vsock_override": {"uds_path": uds_dst}}
         t2 = time.monotonic()
         dst = JailedVm.restore(str(files["state"]), str(files["mem"]), overrides=overrides,
-                               vm_id="agent-snap-dst", jail_base=jail_base)
+                               vm_id="agent-snap-dst", jail_base=jail_base,
+                               metadata=METADATA)
         dst.start()
         figures["restore_to_running"] = time.monotonic() - t2
         servers["vsock"] = unix_echo(dst.guest_vsock_path(VSOCK_PORT))
@@ -249,6 +260,15 @@ def test_udp_and_tcp_go_through_the_new_tap(snapshot_run):
     # the echo servers live only in the new namespace, behind the new TAP
     assert b"nodesvc-agent udp" in snapshot_run.servers["udp"].received
     assert b"nodesvc-agent tcp\n" in snapshot_run.servers["tcp"].received
+
+
+def test_mmds_v2_serves_the_restored_vm(snapshot_run):
+    """The interface still answers for the MMDS after the restore (the snapshot carried the
+    mmds-config), with the document the new VMM was given and a token issued by it."""
+    r = _ok(snapshot_run, "mmds")
+    assert (r.fields["noauth"], r.fields["status"]) == ("401", "200")
+    assert r.fields["crc32"] == crc32_hex(MMDS_VALUE.encode())
+    assert snapshot_run.restored.config.mmds.version == "V2"
 
 
 def test_host_pings_the_restored_guest(snapshot_run):

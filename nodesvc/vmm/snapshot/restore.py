@@ -79,8 +79,12 @@ def config_from_state(state: dict, overrides: dict | None = None) -> VmConfig:
         raise SnapshotMismatch(f"the snapshot's machine has {mc.vcpu_count} vCPUs and "
                                f"{len(state['vcpus'])} saved vCPU states")
     devices = apply_overrides(c["devices"], overrides)
+    mmds = c.get("mmds")
+    if mmds:    # the mmds-config section again; its store starts empty, as in Firecracker
+        from ...mmds.config import parse
+        mmds = parse(dict(mmds, network_interfaces=list(mmds["network_interfaces"])))
     return VmConfig(BootSource(c.get("kernel") or "", c.get("boot_args")), mc,
-                    [DeviceSpec(d["kind"], d["config"]) for d in devices])
+                    [DeviceSpec(d["kind"], d["config"]) for d in devices], mmds or None)
 
 
 def load_into(vm, state: dict) -> None:

@@ -27,7 +27,9 @@ def config_state(cfg) -> dict:
     return {"machine": dataclasses.asdict(cfg.machine_config),
             "devices": [{"kind": d.kind, "config": d.config} for d in cfg.devices],
             "kernel": cfg.boot_source.kernel_image_path,
-            "boot_args": cfg.boot_source.boot_args}
+            "boot_args": cfg.boot_source.boot_args,
+            # as Firecracker: the MMDS version and interfaces, not its data store
+            "mmds": dataclasses.asdict(cfg.mmds) if getattr(cfg, "mmds", None) else None}
 
 
 class _LoopHold:
