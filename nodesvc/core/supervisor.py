@@ -134,6 +134,7 @@ class VmmHandle:
         self.fifos = FifoReaders(self._loop, paths, console, logs)
         self._pidfd: int | None = None
         self._finished = False
+        self._draining = False
 
     # -- setting up -----------------------------------------------------------------------
     def watch(self) -> None:
@@ -221,6 +222,16 @@ class VmmHandle:
     def _process_gone(self) -> None:
         if self._finished:
             return
+        c = self.client
+        if c is not None and not c.closed and not self._draining:
+            # The pidfd can fire before the control socket's last lines are read: a VMM
+            # whose guest ends at once (hello resets) answers `start`, then exits. Let
+            # the reader reach EOF first, so that answer is not lost to the teardown.
+            self._draining = True
+            if self._pidfd is not None:
+                self._loop.remove_reader(self._pidfd)
+            asyncio.ensure_future(self._gone_after_reading(c))
+            return
         self._finished = True
         returncode = self.popen.poll() if self.popen is not None else None
         if self.popen is not None and returncode is None:   # pidfd fired: reap it
@@ -242,6 +253,10 @@ class VmmHandle:
         if not self.done.done():
             self.done.set_result(info)
         self.on_exit(self, info)
+
+    async def _gone_after_reading(self, c: ControlClient) -> None:
+        await asyncio.wait([c.read_done], timeout=0.5)  # EOF: the process is gone
+        self._process_gone()
 
     def _classify(self, returncode: int | None) -> ExitInfo:
         ev = self.exit_event or read_json(self.paths.exit_file)

@@ -26,6 +26,7 @@ class ControlClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._hello = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._read_loop())
+        self.read_done = self._task     # done once the VMM's last line has been read
         self._lock = asyncio.Lock()     # one request at a time, like the VMM serves them
         self.closed = self._closing = False
 
