@@ -48,10 +48,10 @@ def request(inp: Input, rig: Rig) -> None:
         else inp.u32()
     sector = _sector(inp)
     hdr = HDR.pack(rtype, inp.u32() if inp.u8() > 240 else 0, sector)
-    intact = True
+    intact = True             # the header is exactly what rtype/sector say
     if inp.u8() > 230:
         hdr = hdr[:inp.int_in(0, 16)] + inp.blob(8)   # short or long header
-        intact = hdr.startswith(HDR.pack(rtype, 0, sector)[:12]) or len(hdr) < 16
+        intact = False
     nbytes = _data_len(inp)
     readable_bytes = hdr + (inp.bytes(nbytes) + bytes(nbytes))[:nbytes] if rtype == T_OUT else hdr
     readable = buffers(inp, rig, readable_bytes, max_bufs=4)
@@ -79,7 +79,7 @@ def request(inp: Input, rig: Rig) -> None:
         rig.may_write = True
     if head is not None and status is not None and rig.bump.hostile == hostile:
         rig.meta[head] = (rtype, sector, nbytes, writable[:-1] if shape < 200 else None,
-                          status, len(hdr) >= 16 and intact)
+                          status, intact)
 
 
 def check_completed(rig: Rig, used, dev) -> None:

@@ -117,3 +117,26 @@ def test_mmio_running_device_is_not_activated_twice():
     t.write(V.STATUS, 4, A | D | F | OK)
     assert dev.activations == 1 and t.active and b.contained == []
     mem.close()
+
+
+def test_i8042_replies_cannot_grow_a_full_keyboard_queue():
+    """i8042 target: with the keyboard queue full, "echo 0x41 as a keyboard byte" (0xD2)
+    then "read CTR" (0x20) pushed the echoed byte back onto the queue every time: a
+    guest looping on the two commands grew it without bound."""
+    from nodesvc_i8042.i8042 import CMD_KBD_LOOP, CMD_READ_CTR, DEFAULT_CTR, I8042, \
+        KBD_QUEUE_SIZE
+
+    class Irq:
+        def trigger(self):
+            pass
+    dev = I8042(Irq(), lambda: None)
+    for _ in range(KBD_QUEUE_SIZE):                 # keyboard resets: ACK + BAT each
+        dev.data_port.write(0, 1, 0xFF)
+    assert len(dev._kbd) == KBD_QUEUE_SIZE - 1      # one byte sits in the output buffer
+    for _ in range(1000):
+        dev.command_port.write(0, 1, CMD_KBD_LOOP)
+        dev.data_port.write(0, 1, 0x41)
+        dev.command_port.write(0, 1, CMD_READ_CTR)
+        assert len(dev._kbd) <= KBD_QUEUE_SIZE
+    assert dev.data_port.read(0, 1) == DEFAULT_CTR  # the reply still comes first
+    assert dev.kbd_dropped > 0

@@ -74,6 +74,7 @@ class I8042:
         self.resets = 0
         self.unknown_commands = 0
         self.bad_accesses = 0
+        self.kbd_dropped = 0       # keyboard bytes a reply displaced from a full queue
         self.data_port = _Port(self._read_data, self._write_data, self)
         self.command_port = _Port(self._read_status, self._write_command, self)
 
@@ -162,9 +163,14 @@ class I8042:
 
     def _respond(self, byte: int, kbd: bool = False) -> None:
         # A controller reply must be the very next byte the guest reads (Linux polls for
-        # it); a keyboard byte it displaces goes back to the keyboard, not to the floor.
+        # it); a keyboard byte it displaces goes back to the keyboard, not to the floor —
+        # unless the keyboard is full: a guest looping "echo this (0xD2), read CTR (0x20)"
+        # would otherwise grow the queue without bound.
         if self._obf is not None and self._obf_kbd:
-            self._kbd.appendleft(self._obf)
+            if len(self._kbd) < KBD_QUEUE_SIZE:
+                self._kbd.appendleft(self._obf)
+            else:
+                self.kbd_dropped += 1
         self._obf, self._obf_kbd = byte, kbd
 
     def _refill(self) -> bool:
