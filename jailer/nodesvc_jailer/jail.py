@@ -184,7 +184,7 @@ class Jail:
                "created": time.time(), "limits": asdict(self.limits)}
         tmp = os.path.join(self.jail_dir, RECORD + ".tmp")
         with open(tmp, "w") as f:
-            json.dump(rec, f)
+            f.write(json.dumps(rec))    # dumps: the C encoder (json.dump is pure Python)
         os.replace(tmp, os.path.join(self.jail_dir, RECORD))
 
     def _make_root(self, uid: int, gid: int) -> None:
