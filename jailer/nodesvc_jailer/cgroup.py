@@ -7,8 +7,8 @@ controller we use means v1 (hybrid hosts, like ours, keep a mostly empty cgroup2
 A VM's cgroup is `<mount>/<parent>/<vm_id>` — in every controller's hierarchy for v1, once
 for v2. High-level limits (memory bytes, CPUs, pids) become each version's files; raw
 `file=value` properties (Firecracker's `--cgroup`) are written as given. The jailed process
-joins with `cgroup.procs` before it enters its mount namespace (afterwards the hierarchy
-is out of its sight).
+joins (`Cgroup.attach`: v1 `tasks` when single-threaded, else `cgroup.procs`) before it
+enters its mount namespace (afterwards the hierarchy is out of its sight).
 """
 
 from __future__ import annotations
