@@ -199,7 +199,9 @@ class Connection:
             if seg.ack != self.snd_nxt:
                 self.rst = rst_for(seg)
                 return
-            self.established = True
+            # the ACK of our SYN-ACK: a SYN-ACK still owed (for a retransmitted SYN) is not;
+            # left pending, wants_send() stayed true with nothing to send (a spinning timer)
+            self.established, self.synack_pending = True, False
             self.snd_una, self.rto_count = seg.ack, 0
             self.remote_edge = (seg.ack + seg.window) & _MASK
             self.remote_window = seg.window

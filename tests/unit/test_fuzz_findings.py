@@ -140,3 +140,33 @@ def test_i8042_replies_cannot_grow_a_full_keyboard_queue():
         assert len(dev._kbd) <= KBD_QUEUE_SIZE
     assert dev.data_port.read(0, 1) == DEFAULT_CTR  # the reply still comes first
     assert dev.kbd_dropped > 0
+
+
+def test_mmds_retransmitted_syn_then_ack_leaves_nothing_pending():
+    """virtio_net target (MMDS interface): SYN, the SYN again (the client missed our
+    SYN-ACK), then the client's ACK: the connection was established with a SYN-ACK still
+    marked owed, so `has_pending()` stayed true while `pending_rx()` had nothing to give,
+    and the device's MMDS timer re-armed at once forever (the event loop spun)."""
+    import socket as so
+
+    from nodesvc.mmds import Mmds, MmdsStack, tcp
+    guest, mmds_ip = so.inet_aton("169.254.0.2"), so.inet_aton("169.254.169.254")
+    mac_g, mac_m = bytes.fromhex("020000000002"), bytes.fromhex("060123456701")
+
+    def frame(seq, ack, flags):
+        seg = tcp.build_segment(guest, mmds_ip, 40000, 80, seq, ack, flags, 64240)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 0, 0x4000, 64, 6, 0,
+                         guest, mmds_ip)
+        ip = ip[:10] + struct.pack("!H", tcp.checksum(ip)) + ip[12:]
+        return mac_m + mac_g + b"\x08\x00" + ip + seg
+
+    now = [100.0]
+    stack = MmdsStack(Mmds(), clock=lambda: now[0], isn=lambda: 1000)
+    assert stack.take(frame(5, 0, tcp.SYN))
+    assert stack.pending_rx() is not None              # SYN-ACK (lost on the way)
+    assert stack.take(frame(5, 0, tcp.SYN))            # so the client sends its SYN again
+    assert stack.take(frame(6, 1001, tcp.ACK))         # and then ACKs the first SYN-ACK
+    for _ in range(10):
+        if stack.pending_rx() is None:
+            break
+    assert not stack.has_pending()
