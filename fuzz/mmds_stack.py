@@ -6,7 +6,8 @@ the stack answers read back out (and fed to the clients).
 Properties: no exception; `detour` and `take` agree; the stack's state stays within its
 limits (connections, queued RSTs, receive buffers); every frame it sends is a well-formed
 ARP reply or an IPv4/TCP segment from the MMDS address with correct checksums and at
-most one MSS of payload; draining its output ends (bounded work per input).
+most one MSS of payload; draining its output ends (bounded work per input), and
+when it does, `has_pending()` agrees (else the net device's MMDS timer spins).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def drain(stack: MmdsStack, convs) -> None:
     for _ in range(DRAIN_LIMIT):
         out = stack.pending_rx()
         if out is None:
+            if stack.has_pending():     # the device would re-arm its timer at once forever
+                raise Finding("has_pending() is true but pending_rx() has nothing")
             return
         check_frame(out, convs)
     raise Finding(f"the stack produced more than {DRAIN_LIMIT} frames in one drain")
