@@ -269,7 +269,7 @@ class FuzzQueue:
                                  slots[i + 1] if more else 0)
         for a, n, _ in bufs:
             if n and a + n > RING_START:
-                self.tainted = True
+                self.taint()
         self.post(slots[0], slots, cap)
         return slots[0]
 
@@ -282,8 +282,14 @@ class FuzzQueue:
         for s in slots:
             nxt = inp.pick(slots) if inp.flag() else inp.u16()
             self._write_desc(self.dq.desc, s, inp.addr(), inp.length(), inp.int_in(0, 7), nxt)
-        self.tainted = True      # a raw chain may point anywhere, the rings included
+        self.taint()             # a raw chain may point anywhere, the rings included
         self.post(slots[0], slots, None)
+
+    def taint(self) -> None:
+        """A buffer may overlap the rings, any queue's: no used ring proves anything now."""
+        for q in self.rig.queues:
+            q.tainted = True
+        self.tainted = True
 
     def post(self, head: int, slots: list[int], cap: int | None) -> None:
         mem = self.mem.regions[0].view
