@@ -65,8 +65,10 @@ def read_mounts(path: str = PROC_MOUNTS) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def detect_version(mounts_path: str = PROC_MOUNTS) -> int:
-    mounts = read_mounts(mounts_path)
+def detect_version(mounts_path: str = PROC_MOUNTS, mounts: list | None = None) -> int:
+    """1 or 2, from `mounts` (read_mounts' table) or else the file at `mounts_path`."""
+    if mounts is None:
+        mounts = read_mounts(mounts_path)
     wanted = {"memory", "cpu", "pids"}
     if any(t == "cgroup" and wanted & set(opts) for t, _, opts in mounts):
         return 1
@@ -106,12 +108,12 @@ class Cgroup:
     """One VM's cgroup(s). `dirs` are the directories it created (or would)."""
 
     def __init__(self, version: int, vm_id: str, parent: str = "nodesvc",
-                 mounts_path: str = PROC_MOUNTS):
+                 mounts_path: str = PROC_MOUNTS, mounts: list | None = None):
         if version not in (1, 2):
             raise CgroupError(f"cgroup version must be 1 or 2, not {version}")
         self.version, self.vm_id, self.mounts_path = version, vm_id, mounts_path
         self.parent = parent.strip("/")
-        self._mounts = read_mounts(mounts_path)
+        self._mounts = read_mounts(mounts_path) if mounts is None else mounts
 
     # -- where things live -----------------------------------------------------------
     def _v1_mount(self, controller: str) -> str:

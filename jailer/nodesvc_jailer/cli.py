@@ -20,7 +20,6 @@ import os
 import sys
 
 from . import cgroup as cg
-from . import linux
 from .cleanup import cleanup, sweep
 from .jail import DEFAULT_BASE, Jail, JailError
 
@@ -90,7 +89,7 @@ def jail_from_args(a: argparse.Namespace) -> Jail:
     keep = tuple(a.keep_fd) + ((a.pid_fd,) if a.pid_fd is not None else ())
     return Jail(a.id, base_dir=a.chroot_base_dir, uid=a.uid, gid=a.gid,
                 uid_state_dir=a.uid_state_dir, uid_range=(int(first), int(last or first)),
-                netns=a.netns, cgroup_version=a.cgroup_version, parent_cgroup=a.parent_cgroup,
+                netns=a.netns, new_netns=a.new_netns, cgroup_version=a.cgroup_version, parent_cgroup=a.parent_cgroup,
                 limits=cg.Limits(memory_bytes=a.memory_mib << 20 if a.memory_mib else None,
                                  cpus=a.cpus, pids=a.pids, raw=raw),
                 new_pid_ns=a.new_pid_ns, pid_ns_parent="relay", keep_fds=keep,
@@ -116,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         if a.new_netns and a.netns:
             raise JailError("--new-netns and --netns exclude each other")
         jail = jail_from_args(a)
-        if a.new_netns:     # no network but the TAP fds handed in (the zygote does the same)
-            linux.unshare(linux.CLONE_NEWNET)
         jail.enter()
         host_pid = jail.host_pid or os.getpid()
         if a.pid_fd is not None:

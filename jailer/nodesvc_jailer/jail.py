@@ -1,22 +1,26 @@
 """The jail: `Jail(...).enter()` turns the calling (freshly forked) process into a confined
 VMM process, in Firecracker's jailer order (shared/design/SNAPSHOT_JAIL_MMDS_FACTS.md §2):
 
- 1. close inherited fds (all but `keep_fds`)       7. mount ns: / made MS_SLAVE|MS_REC, the
- 2. validate the VM id                                root bound onto itself, pivot_root,
- 3. join the VM's network namespace (setns)           old root detached and removed
- 4. rlimits: nofile, fsize, core 0                  8. new IPC and UTS namespaces
- 5. uid/gid (allocated unless given)                9. new PID namespace (fork: see below)
- 6. cgroup(s) with the limits, joined; the per-VM  10. NO_NEW_PRIVS, every capability
-    dir `<base>/<id>/root` with only /dev/kvm,         dropped, unprivileged uid/gid
-    /dev/net/tun, /dev/urandom (mknod), /run       11. seccomp: the SIGSYS reporter armed and
+ 1. close inherited fds (all but `keep_fds`)       7. one unshare: new mount, IPC, UTS
+ 2. validate the VM id                                (and network: `new_netns`; PID when
+ 3. join the VM's network namespace (setns)           it forks) namespaces
+ 4. rlimits: nofile, fsize, core 0                  8. / made MS_SLAVE|MS_REC, the root
+ 5. uid/gid (allocated unless given)                   bound onto itself, pivot_root, the
+ 6. cgroup(s) with the limits, joined; the per-VM      old root detached; /dev a tmpfs
+    dir `<base>/<id>/root` (/dev, /run)                with only kvm, net/tun, urandom
+                                                    9. PID namespace (see below)
+                                                   10. NO_NEW_PRIVS, every capability
+                                                       dropped, unprivileged uid/gid
+                                                   11. seccomp: the SIGSYS reporter armed and
                                                        the "vmm" baseline filter loaded
 
-PID namespace: unshare(CLONE_NEWPID) moves only future children, so `enter` forks once;
-the child is pid 1 of the new namespace and is the one that returns (the VMM: alone in
-its namespace it can see or signal no other process, and when it ends the namespace ends).
-The parent, still in the old pid namespace, either
- - "exit"s at once after writing the child's pid to `pid_fd` (the zygote model: a zygote
-   that is PR_SET_CHILD_SUBREAPER inherits and reaps the VMM; one process per VM), or
+PID namespace: the VMM is pid 1 of its own (alone there, it can see or signal no other
+process, and when it ends the namespace ends). Either the caller is already there
+("cloned": the zygote made it with clone(CLONE_PARENT | CLONE_NEWPID), so the node is its
+parent; no fork here), or `enter` forks once, since unshare(CLONE_NEWPID) moves only
+future children; the child returns, and the parent, still in the old namespace, either
+ - "exit"s at once after writing the child's pid to `pid_fd` (a parent that is
+   PR_SET_CHILD_SUBREAPER inherits and reaps the VMM), or
  - stays as a "relay" (the CLI): unprivileged, it forwards SIGTERM/SIGINT/SIGHUP and exits
    with the child's status; the child has PDEATHSIG=SIGKILL so it never outlives it.
 
@@ -72,15 +76,17 @@ class Jail:
     uid_state_dir: str | None = None    # where the per-uid lock files live
     uid_range: tuple[int, int] = (900_000, 999_999)
     netns: str | None = None            # a name under /var/run/netns or a path
+    new_netns: bool = False             # else a new, empty one (no network but TAP fds)
     cgroup_version: int | None = None   # None: detected from /proc/mounts
     parent_cgroup: str = "nodesvc"
     limits: cg.Limits = field(default_factory=cg.Limits)
     mounts_path: str = cg.PROC_MOUNTS
+    cgroup_mounts: list | None = None   # read_mounts(mounts_path), if the caller has it
     nofile: int = 2048                  # Firecracker's default
     fsize: int | None = None            # largest file the VMM may write (bytes)
     devices: tuple[str, ...] = ("kvm", "tun", "urandom")
     new_pid_ns: bool = True
-    pid_ns_parent: str = "exit"         # "exit" (zygote) or "relay" (CLI)
+    pid_ns_parent: str = "exit"         # "cloned" (zygote), "exit" or "relay" (CLI)
     pid_fd: int | None = None           # "exit" mode: the child's host pid is written here
     keep_fds: tuple[int, ...] = ()
     ro_binds: tuple[str, ...] = ()      # host paths visible read-only inside (exec mode)
@@ -100,8 +106,11 @@ class Jail:
         return os.path.join(self.jail_dir, ROOT)
 
     def cgroup(self) -> cg.Cgroup:
-        version = self.cgroup_version or cg.detect_version(self.mounts_path)
-        return cg.Cgroup(version, self.vm_id, self.parent_cgroup, self.mounts_path)
+        mounts = self.cgroup_mounts
+        if mounts is None:
+            mounts = cg.read_mounts(self.mounts_path)
+        version = self.cgroup_version or cg.detect_version(self.mounts_path, mounts)
+        return cg.Cgroup(version, self.vm_id, self.parent_cgroup, self.mounts_path, mounts)
 
     def cleanup(self, vm_id: str | None = None) -> dict:
         """Remove what the jail of `vm_id` (default: this one) made; idempotent. Call it
@@ -117,15 +126,29 @@ class Jail:
         keep = set(self.keep_fds) | ({self.pid_fd} if self.pid_fd is not None else set())
         close_fds_except(keep | {0, 1, 2})
         validate_id(self.vm_id)
-        if self.pid_ns_parent not in ("exit", "relay"):
-            raise JailError(f"pid_ns_parent must be 'exit' or 'relay', not {self.pid_ns_parent!r}")
+        if self.pid_ns_parent not in ("cloned", "exit", "relay"):
+            raise JailError("pid_ns_parent must be 'cloned', 'exit' or 'relay', not "
+                            f"{self.pid_ns_parent!r}")
+        cloned = self.new_pid_ns and self.pid_ns_parent == "cloned"
+        if cloned:
+            if os.getpid() != 1:
+                raise JailError("pid_ns_parent 'cloned': the caller must be pid 1 of a new "
+                                "PID namespace (linux.fork_with(CLONE_NEWPID))")
+            self.host_pid = int(os.readlink("/proc/self"))  # the host's /proc, still
+        if self.netns and self.new_netns:
+            raise JailError("netns and new_netns exclude each other")
         if self.netns:
             join_netns(self.netns)
         self._rlimits()
         uid, gid = self._ids()
-        os.makedirs(self.jail_dir, mode=0o700, exist_ok=True)
-        self._write_record(uid, gid)
+        try:
+            os.mkdir(self.jail_dir, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:       # no base dir yet
+            os.makedirs(self.jail_dir, mode=0o700, exist_ok=True)
         group = self.cgroup()
+        self._write_record(uid, gid, group.version)
         props = self.limits.properties(group.version)
         if self.new_pid_ns and self.pid_ns_parent == "relay" and self.limits.pids:
             props["pids.max"] = str(self.limits.pids + 1)   # the relay counts too
@@ -138,9 +161,13 @@ class Jail:
                            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
                            0o600)
         self._make_root(uid, gid)
-        self._pivot()
-        L.unshare(L.CLONE_NEWIPC | L.CLONE_NEWUTS | (L.CLONE_NEWPID if self.new_pid_ns else 0))
-        if self.new_pid_ns:
+        forks = self.new_pid_ns and not cloned
+        # One unshare for every namespace: ~1 ms where four calls took ~1.5 ms.
+        L.unshare(L.CLONE_NEWNS | L.CLONE_NEWIPC | L.CLONE_NEWUTS
+                  | (L.CLONE_NEWNET if self.new_netns else 0)
+                  | (L.CLONE_NEWPID if forks else 0))
+        self._pivot(uid, gid)
+        if forks:
             self._fork_into_pid_ns(uid, gid)
         drop_privileges(uid, gid)
         if self._relay_alive is not None:
@@ -175,49 +202,71 @@ class Jail:
             raise JailError("the jailed process must not run as gid 0")
         return uid, gid
 
-    def _write_record(self, uid: int, gid: int) -> None:
+    def _write_record(self, uid: int, gid: int, cgroup_version: int) -> None:
         """What cleanup needs to undo this jail, written before anything else is made."""
         rec = {"vm_id": self.vm_id, "uid": uid, "gid": gid,
                "uid_allocated": self.uid is None, "uid_state_dir": self.uid_state_dir,
-               "cgroup_version": self.cgroup_version or cg.detect_version(self.mounts_path),
+               "cgroup_version": cgroup_version,
                "parent_cgroup": self.parent_cgroup, "mounts_path": self.mounts_path,
                "created": time.time(), "limits": asdict(self.limits)}
         tmp = os.path.join(self.jail_dir, RECORD + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(rec))    # dumps: the C encoder (json.dump is pure Python)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(rec).encode())  # dumps: the C encoder
+        finally:
+            os.close(fd)
         os.replace(tmp, os.path.join(self.jail_dir, RECORD))
 
     def _make_root(self, uid: int, gid: int) -> None:
+        """The root's directories on the host: itself, /run (the node's view of the VMM's
+        sockets and FIFOs) and /dev, where _devices() mounts the jail's own tmpfs."""
         root = self.root
-        for d in ("", "dev", "dev/net", "run"):
+        for d in ("", "dev", "run"):    # parents first: mkdir, not makedirs
             p = os.path.join(root, d)
-            os.makedirs(p, mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(p, 0o700)          # (the umask only clears group/other bits)
+            except FileExistsError:         # a jail dir left by a crash: make it ours
+                os.chmod(p, 0o700)
             os.chown(p, uid, gid)
-            os.chmod(p, 0o700)
         for name in self.devices:
             if name not in DEVICES:
                 raise JailError(f"unknown device {name!r} (one of {', '.join(DEVICES)})")
+
+    def _devices(self, uid: int, gid: int) -> None:
+        """/dev: a small read-only tmpfs of the jail's own mount namespace, holding only
+        the device nodes a VM needs (and the mount points of `ro_binds`). Nothing of it is on the host's disk (a crashed jail leaves no
+        device node behind), and it costs a fraction of the journaled mkdir/mknod calls
+        (ext4 here: ~0.4 ms against 0.3-1.8 ms)."""
+        dev = os.path.join(self.root, "dev")
+        L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC,
+                f"mode=0700,uid={uid},gid={gid},size=16k,nr_inodes=16")
+        for name in self.devices:
             rel, major, minor = DEVICES[name]
-            p = os.path.join(root, rel)
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+            p = os.path.join(self.root, rel)
+            parent = os.path.dirname(p)
+            if not os.path.isdir(parent):
+                os.mkdir(parent, 0o700)
+                os.chown(parent, uid, gid)
             os.mknod(p, stat.S_IFCHR | 0o600, os.makedev(major, minor))
             os.chown(p, uid, gid)
-        for host in self.ro_binds:
-            target = os.path.join(root, host.lstrip("/"))
+        for host in self.ro_binds:  # where they go (under /dev: in the tmpfs)
+            target = os.path.join(self.root, host.lstrip("/"))
             if os.path.isdir(host):
                 os.makedirs(target, exist_ok=True)
             else:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 open(target, "a").close()
+        # Read-only from now on: device nodes still open for writing on a read-only
+        # mount (only regular files, directories and links get EROFS).
+        L.mount(None, dev, None, L.MS_REMOUNT | L.MS_BIND | L.MS_RDONLY | L.MS_NOSUID
+                | L.MS_NOEXEC)
 
-    def _pivot(self) -> None:
+    def _pivot(self, uid: int, gid: int) -> None:
+        """In the new mount namespace: the root becomes the jail's."""
         root = self.root
-        L.unshare(L.CLONE_NEWNS)
         # Nothing we mount from here on propagates back to the host's namespace.
         L.mount(None, "/", None, L.MS_SLAVE | L.MS_REC)
+        self._devices(uid, gid)
         L.mount(root, root, None, L.MS_BIND | L.MS_REC)
         L.mount(None, root, None, L.MS_BIND | L.MS_REMOUNT | L.MS_NOSUID | L.MS_NOEXEC)
         for host in self.ro_binds:
@@ -225,11 +274,11 @@ class Jail:
             L.mount(host, target, None, L.MS_BIND | L.MS_REC)
             L.mount(None, target, None, L.MS_BIND | L.MS_REMOUNT | L.MS_RDONLY | L.MS_NOSUID)
         os.chdir(root)
-        os.makedirs("old_root", exist_ok=True)
-        L.pivot_root(".", "old_root")
+        # pivot_root(".", "."): the old root is stacked on the new one, at the same place,
+        # and detached from there (pivot_root(2)); no directory to make and remove.
+        L.pivot_root(".", ".")
+        L.umount2(".", L.MNT_DETACH)
         os.chdir("/")
-        L.umount2("/old_root", L.MNT_DETACH)
-        os.rmdir("/old_root")
 
     def _fork_into_pid_ns(self, uid: int, gid: int) -> None:
         relay = self.pid_ns_parent == "relay"

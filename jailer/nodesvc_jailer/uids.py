@@ -32,8 +32,9 @@ class UidAllocator:
             raise ValueError(f"bad uid range {first}-{last}")
         self.dir, self.first, self.last = state_dir, first, last
         self.links = state_dir.rstrip("/") + ".by-vm"
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        os.makedirs(self.links, mode=0o700, exist_ok=True)
+        if not (os.path.isdir(state_dir) and os.path.isdir(self.links)):
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            os.makedirs(self.links, mode=0o700, exist_ok=True)
 
     def _path(self, uid: int) -> str:
         return os.path.join(self.dir, f"{uid}.uid")

@@ -115,8 +115,9 @@ class ZygoteLauncher:
     # -- the zygote ---------------------------------------------------------------------------
     async def open(self) -> None:
         os.makedirs(self.jail.base_dir, mode=0o711, exist_ok=True)
-        # A jailed VMM's first parent exits once the VMM is pid 1 of its namespace; as
-        # their subreaper the node inherits them, so it learns how each one ended.
+        # The zygote clones each VMM as the node's own child (CLONE_PARENT); where it
+        # cannot, the VMM's first parent exits once the VMM is pid 1 of its namespace and,
+        # as their subreaper, the node inherits them. Either way it reaps every VMM.
         from nodesvc_jailer import linux
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
         await self._ensure_zygote()
@@ -239,6 +240,9 @@ class ZygoteLauncher:
                     break
                 reply += chunk
         msg = json.loads(reply or b"{}")
+        if "error" in msg and "pid" in msg:     # our child, dead before its jail was ready
+            _, status = os.waitpid(int(msg["pid"]), 0)
+            raise LaunchError(f"{msg['error']} (status {os.waitstatus_to_exitcode(status)})")
         if "pid" not in msg:
             raise LaunchError(msg.get("error") or "the zygote gave no answer")
         return int(msg["pid"])
