@@ -56,6 +56,15 @@ def test_unprivileged_no_capabilities_no_new_privs_seccomp(vms, probe):
     assert len(uids) == len(vms)        # no uid shared by two live VMs
 
 
+def test_vmm_is_pid_1_and_the_node_services_own_child(jailed_node, vms, probe):
+    """Cloned by the zygote (CLONE_PARENT | CLONE_NEWPID): no process between the node
+    and the VMM, which is pid 1 of its namespace."""
+    for vm, _ in vms.values():
+        st = probe.status(vm.vmm_pid)
+        assert st["NSpid"].split() == [str(vm.vmm_pid), "1"]
+        assert int(st["PPid"]) == jailed_node.proc.pid
+
+
 def test_own_namespaces(vms, probe):
     host = probe.namespaces("self")
     seen = []
