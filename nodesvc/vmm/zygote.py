@@ -145,7 +145,7 @@ def fill_free_blocks() -> list:
     first allocations would land in them, one or two objects per page of the zygote's
     memory, and each page written is a page copied (measured: ~100 KiB of new objects
     spread over ~500 pages). With the holes taken, a VMM's objects fill fresh pools of
-    its own, densely (idle VMM USS 6.5 -> 6.2 MiB). The block counts come from
+    its own, densely (idle VMM USS in bench/node.py 6.4 -> 5.9 MiB). The block counts come from
     sys._debugmallocstats()' table (CPython's own report); if it cannot be read, nothing
     is filled."""
     import tempfile
