@@ -145,9 +145,9 @@ def fill_free_blocks() -> list:
     first allocations would land in them, one or two objects per page of the zygote's
     memory, and each page written is a page copied (measured: ~100 KiB of new objects
     spread over ~500 pages). With the holes taken, a VMM's objects fill fresh pools of
-    its own, densely (idle VMM USS in bench/node.py 6.4 -> 5.9 MiB). The block counts come from
-    sys._debugmallocstats()' table (CPython's own report); if it cannot be read, nothing
-    is filled."""
+    its own, densely (idle VMM USS in bench/node.py 6.4 -> 5.9 MiB). The block counts
+    come from sys._debugmallocstats()' table (CPython's own report); if it cannot be
+    read, nothing is filled."""
     import tempfile
     with tempfile.TemporaryFile() as tmp:   # the report goes to the C-level stderr
         saved = os.dup(2)
